@@ -1,0 +1,28 @@
+"""roadmap: every network on the ConvNeXt paper's path from ResNet to ConvNeXt."""
+
+from roadmap.config import STEPS, ConfigError, compose, expand_steps
+from roadmap.complexity import Complexity, complexity
+from roadmap.model import ConvNet, ModelConfig
+
+
+def build_model(cfg) -> ConvNet:
+    """The network of a composed config (roadmap.compose), a RunConfig or a ModelConfig."""
+    from roadmap.config import model_config
+
+    return ConvNet(model_config(cfg))
+
+
+from roadmap.weights import import_weights  # noqa: E402
+
+__all__ = [
+    "STEPS",
+    "compose",
+    "expand_steps",
+    "build_model",
+    "complexity",
+    "import_weights",
+    "ConvNet",
+    "ModelConfig",
+    "Complexity",
+    "ConfigError",
+]

@@ -1,0 +1,226 @@
+"""Typed configs, registered with Hydra's ConfigStore, and `compose`.
+
+The run config is `RunConfig`: the step (which roadmap step, what it changed), the
+regime (the sizes a step file refers to), the data's shapes, and the model. The YAML
+in `conf/` fills it; a mistyped key, a value of the wrong type or a bad value fails
+when the config is composed, as a `ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from roadmap.model import ConfigError, ModelConfig
+
+# The paper's path (Section 2, Tables 10 and 11), in order. kernel_5/9/11 are side
+# branches of move_up_depthwise; the path goes on from kernel_7.
+STEPS = (
+    "resnet",
+    "modern_recipe",
+    "stage_ratio",
+    "patchify_stem",
+    "depthwise_conv",
+    "wider",
+    "inverted_bottleneck",
+    "move_up_depthwise",
+    "kernel_5",
+    "kernel_7",
+    "kernel_9",
+    "kernel_11",
+    "gelu",
+    "fewer_activations",
+    "fewer_norms",
+    "layer_norm",
+    "separate_downsampling",
+)
+SIDE_BRANCHES = ("kernel_5", "kernel_9", "kernel_11")
+
+
+def _conf_dir() -> Path:
+    spec = importlib.util.find_spec("roadmap.conf")  # conf/ ships as the package roadmap.conf
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
+
+
+@dataclass
+class StepConfig:
+    name: str = "base"
+    """The step's name, as its file in conf/step/."""
+    change: str = "ModelConfig defaults (ResNet-50), no step selected"
+    """What this step changes, in the paper's words."""
+
+
+@dataclass
+class RegimeConfig:
+    """The sizes a step file refers to. r50: ResNet-50 -> ConvNeXt-T; r200: ResNet-200 ->
+    ConvNeXt-B; micro: the same path, narrower and shallower, for small images."""
+
+    name: str
+    resnet_depths: List[int]
+    """Blocks per stage of the starting ResNet."""
+    depths: List[int]
+    """Blocks per stage from `stage_ratio` on (1:1:3:1)."""
+    resnet_widths: List[int]
+    stage_ratio_widths: List[int]
+    """Widths from `stage_ratio` on (r200 also widens there, 64 -> 84)."""
+    wider_widths: List[int]
+    """Widths from `wider` on."""
+    drop_path_rate: float
+    """Stochastic depth of the modern recipe (0.1 for T, 0.5 for B)."""
+
+
+@dataclass
+class DataConfig:
+    """Shapes of the data the model sees. (The loaders come with the training engine.)"""
+
+    name: str
+    image_size: int
+    channels: int
+    num_classes: int
+
+
+@dataclass
+class RunConfig:
+    step: StepConfig = field(default_factory=StepConfig)
+    regime: RegimeConfig = field(default_factory=lambda: RegimeConfig("?", [], [], [], [], [], 0.0))
+    data: DataConfig = field(default_factory=lambda: DataConfig("?", 0, 0, 0))
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        m, d = self.model, self.data
+        for key, data_key in (("in_chans", "channels"), ("num_classes", "num_classes")):
+            if getattr(m, key) != getattr(d, data_key):
+                raise ConfigError(
+                    f"model.{key}={getattr(m, key)} conflicts with data.{data_key}={getattr(d, data_key)} "
+                    f"of data={d.name}: drop the model.{key} override, or choose matching data"
+                )
+        if m.output_size(d.image_size) < 1:
+            smallest = next(s for s in range(1, 4096) if m.output_size(s) >= 1)
+            stem = f"model.stem={m.stem.value}" + (f" (patch {m.patch_size})" if m.stem.value == "patchify" else "")
+            raise ConfigError(
+                f"data.image_size={d.image_size} conflicts with {stem} and {len(m.depths)} stages: the feature map "
+                f"vanishes before the last stage; use data.image_size>={smallest}, a smaller patch or fewer stages"
+            )
+
+
+ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def available_steps() -> List[str]:
+    """The paper's steps in order, then any step files a user added to conf/step/."""
+    found = sorted(p.stem for p in (CONF_DIR / "step").glob("*.yaml"))
+    return list(STEPS) + [s for s in found if s not in STEPS]
+
+
+def _choices(group: str) -> List[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def expand_steps(spec: str) -> List[str]:
+    """'all' or a comma-separated list of step names -> the list of steps, checked."""
+    valid = available_steps()
+    names: List[str] = []
+    for name in (s.strip() for s in spec.split(",")):
+        if name == "all":
+            names.extend(valid)
+        elif name in valid:
+            names.append(name)
+        else:
+            raise ConfigError(f"unknown step '{name}': choose one of {', '.join(valid)}, or all")
+    return names
+
+
+def _check_group_choices(overrides: Sequence[str]) -> None:
+    for ov in overrides:
+        key, sep, value = ov.lstrip("+~").partition("=")
+        if sep and key in ("regime", "data") and value not in _choices(key):
+            raise ConfigError(f"unknown {key} '{value}': choose one of {', '.join(_choices(key))}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The clearest one-line message in an exception chain from Hydra/OmegaConf."""
+    chain = []
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for e in chain:
+        if isinstance(e, ConfigError):
+            return str(e).splitlines()[0]
+    for e in chain:
+        if isinstance(e, OmegaConfBaseException):
+            msg = str(getattr(e, "msg", None) or e).splitlines()[0]
+            key = getattr(e, "full_key", None)
+            if "not in" in msg and key:
+                parent, _, leaf = key.rpartition(".")
+                return f"unknown config key '{key}': {_valid_keys(parent)}"
+            if key:
+                return f"bad value for '{key}': {msg}"
+            return msg
+    return str(chain[-1]).splitlines()[0]
+
+
+def _valid_keys(parent: str) -> str:
+    node = OmegaConf.structured(RunConfig)
+    for part in filter(None, parent.split(".")):
+        node = node[part]
+    return f"valid keys{' in ' + parent if parent else ''} are {', '.join(node.keys())}"
+
+
+def compose(step: Optional[str] = None, *overrides: str) -> DictConfig:
+    """The composed, resolved and validated config of one roadmap step.
+
+    `compose("patchify_stem", "regime=r50", "model.kernel_size=5")` is what
+    `+step=patchify_stem regime=r50 model.kernel_size=5` gives on the command line.
+    Raises ConfigError with a one-line message for any bad input.
+    """
+    overrides = list(overrides)
+    if step is not None:
+        if step == "all" or "," in step:
+            raise ConfigError(f"compose() takes one step, not '{step}': loop over roadmap.expand_steps('{step}')")
+        expand_steps(step)  # an unknown name fails here, listing the valid ones
+        overrides.insert(0, f"+step={step}")
+    _check_group_choices(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=overrides)
+        OmegaConf.resolve(cfg)
+        validate(cfg)
+    except ConfigError:
+        raise
+    except (HydraException, MissingConfigException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(_one_line(e)) from e
+    return cfg
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Build the typed config, which runs every dataclass's checks."""
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except (OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(_one_line(e)) from e
+
+
+def model_config(cfg) -> ModelConfig:
+    """The ModelConfig inside a composed config, a RunConfig, or a ModelConfig."""
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    if isinstance(cfg, RunConfig):
+        return cfg.model
+    if isinstance(cfg, DictConfig):
+        node = cfg.model if "model" in cfg else cfg
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node))  # type: ignore[return-value]
+    raise TypeError(f"expected a composed config or a ModelConfig, got {type(cfg).__name__}")

@@ -1,0 +1,85 @@
+"""Print every step's parameters and MACs, beside the paper's GFLOPs.
+
+    python -m roadmap.inspect +step=all                  # the default regime and data
+    python -m roadmap.inspect +step=all regime=r50       # + the paper's Table 10 beside
+    python -m roadmap.inspect +step=all regime=r200      # + the paper's Table 11 beside
+    python -m roadmap.inspect +step=wider,gelu model.kernel_size=5
+
+Params and GMACs are for the configured data (its channels, classes and image size).
+For r50 and r200, the paper's GFLOPs are compared with our count at ImageNet's shapes
+(3 channels, 1000 classes, 224x224), whatever the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List
+
+from roadmap import paper
+from roadmap.cli import run, split_steps
+from roadmap.complexity import complexity
+from roadmap.config import compose, model_config
+
+
+def table(steps: List[str], overrides: List[str]) -> List[dict]:
+    rows = []
+    for step in steps:
+        cfg = compose(step, *overrides)
+        here = complexity(cfg)
+        row = {
+            "step": step,
+            "regime": cfg.regime.name,
+            "change": cfg.step.change,
+            "params_m": here.mparams,
+            "gmacs": here.gmacs,
+            "resolution": here.resolution,
+        }
+        ref = paper.row(cfg.regime.name, step)
+        if ref is not None:
+            imagenet = dataclasses.replace(model_config(cfg), in_chans=3, num_classes=1000)
+            ours = complexity(imagenet, 224).gmacs
+            explained = paper.EXPLAINED.get((cfg.regime.name, step))
+            row.update(
+                paper_top1=ref.top1,
+                paper_gflops=ref.gflops,
+                imagenet_gmacs=ours,
+                diff=ours - ref.gflops,
+                ok=abs(ours - ref.gflops) <= paper.GFLOPS_TOLERANCE + 1e-9,
+                explained=explained,
+            )
+        rows.append(row)
+    return rows
+
+
+def render(rows: List[dict]) -> str:
+    res = rows[0]["resolution"]
+    with_paper = "paper_gflops" in rows[0]
+    w = max(len(r["change"]) for r in rows)
+    head = f"{'step':<22} {'what changes':<{w}} {'params(M)':>9} {'GMACs@' + str(res):>10}"
+    if with_paper:
+        head += f" {'GMACs@224/IN':>12} {'paper GFLOPs':>12} {'diff':>6} {'paper top-1':>11}"
+    lines = [f"regime {rows[0]['regime']}", head, "-" * len(head)]
+    for r in rows:
+        line = f"{r['step']:<22} {r['change']:<{w}} {r['params_m']:>9.2f} {r['gmacs']:>10.4g}"
+        if with_paper:
+            mark = "" if r["ok"] else ("  (explained below)" if r["explained"] else "  OUT OF TOLERANCE")
+            line += f" {r['imagenet_gmacs']:>12.2f} {r['paper_gflops']:>12.2f} {r['diff']:>+6.2f} {r['paper_top1']:>11.2f}{mark}"
+        lines.append(line)
+    if with_paper:
+        ok = sum(r["ok"] for r in rows)
+        lines.append(f"{ok} of {len(rows)} steps within {paper.GFLOPS_TOLERANCE} G of the paper.")
+        for r in rows:
+            if not r["ok"] and r["explained"]:
+                lines.append(f"  {r['step']}: {r['explained']}.")
+    return "\n".join(lines)
+
+
+def main(argv: List[str]) -> int:
+    steps, overrides = split_steps(argv)
+    steps = steps or ["resnet"]
+    print(render(table(steps, overrides)))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, __doc__)
