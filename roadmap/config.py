@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -20,7 +21,9 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from roadmap.data import DataConfig
 from roadmap.model import ConfigError, ModelConfig
+from roadmap.recipe import RecipeConfig
 
 # The paper's path (Section 2, Tables 10 and 11), in order. kernel_5/9/11 are side
 # branches of move_up_depthwise; the path goes on from kernel_7.
@@ -44,6 +47,7 @@ STEPS = (
     "separate_downsampling",
 )
 SIDE_BRANCHES = ("kernel_5", "kernel_9", "kernel_11")
+GROUPS = ("regime", "data", "recipe", "study", "logger", "experiment")
 
 
 def _conf_dir() -> Path:
@@ -83,22 +87,55 @@ class RegimeConfig:
     """Stochastic depth of the modern recipe (0.1 for T, 0.5 for B)."""
 
 
-@dataclass
-class DataConfig:
-    """Shapes of the data the model sees. (The loaders come with the training engine.)"""
+class Device(str, Enum):
+    auto = "auto"  # CUDA when there is a GPU, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
 
-    name: str
-    image_size: int
-    channels: int
-    num_classes: int
+
+@dataclass
+class TrainConfig:
+    """How a run uses the machine; none of it changes the recipe."""
+
+    device: Device = Device.auto
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on the CPU)."""
+    channels_last: bool = True
+    """channels-last memory layout (on the CPU too: 1.1-2.6x faster training for the micro steps with BatchNorm)."""
+    compile: bool = False
+    """torch.compile the model."""
+    threads: int = 0
+    """CPU threads for torch; 0 = torch's default."""
+    progress: bool = True
+    """A progress bar per epoch when attached to a terminal (plain lines otherwise)."""
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "none"
+    """none or wandb (the run directory is always written)."""
+    project: str = "roadmap"
+    entity: Optional[str] = None
+    mode: str = "auto"
+    """wandb mode: online, offline, or auto (offline when no API key is set)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("none", "wandb"):
+            raise ConfigError(f"logger.kind={self.kind} is not valid: choose none or wandb")
+        if self.mode not in ("auto", "online", "offline"):
+            raise ConfigError(f"logger.mode={self.mode} is not valid: choose auto, online or offline")
 
 
 @dataclass
 class RunConfig:
     step: StepConfig = field(default_factory=StepConfig)
     regime: RegimeConfig = field(default_factory=lambda: RegimeConfig("?", [], [], [], [], [], 0.0))
-    data: DataConfig = field(default_factory=lambda: DataConfig("?", 0, 0, 0))
+    data: DataConfig = field(default_factory=lambda: DataConfig("?", "fashion_mnist", 32, 1, 10))
     model: ModelConfig = field(default_factory=ModelConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
 
     def __post_init__(self) -> None:
         m, d = self.model, self.data
@@ -147,7 +184,7 @@ def expand_steps(spec: str) -> List[str]:
 def _check_group_choices(overrides: Sequence[str]) -> None:
     for ov in overrides:
         key, sep, value = ov.lstrip("+~").partition("=")
-        if sep and key in ("regime", "data") and value not in _choices(key):
+        if sep and key in GROUPS and value not in _choices(key):
             raise ConfigError(f"unknown {key} '{value}': choose one of {', '.join(_choices(key))}")
 
 
@@ -193,10 +230,16 @@ def compose(step: Optional[str] = None, *overrides: str) -> DictConfig:
             raise ConfigError(f"compose() takes one step, not '{step}': loop over roadmap.expand_steps('{step}')")
         expand_steps(step)  # an unknown name fails here, listing the valid ones
         overrides.insert(0, f"+step={step}")
+    return _compose(overrides)
+
+
+def _compose(overrides: List[str], with_hydra: bool = False) -> DictConfig:
     _check_group_choices(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=overrides)
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
+        if with_hydra:
+            return cfg
         OmegaConf.resolve(cfg)
         validate(cfg)
     except ConfigError:
@@ -204,6 +247,12 @@ def compose(step: Optional[str] = None, *overrides: str) -> DictConfig:
     except (HydraException, MissingConfigException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(_one_line(e)) from e
     return cfg
+
+
+def run_dir_of(step: str, overrides: Sequence[str]) -> Path:
+    """The run directory Hydra will use for this step and these overrides (hydra.* included)."""
+    cfg = _compose([f"+step={step}", *overrides], with_hydra=True)
+    return Path(cfg.hydra.run.dir)
 
 
 def validate(cfg: DictConfig) -> RunConfig:

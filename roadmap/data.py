@@ -1,0 +1,232 @@
+"""Datasets: Fashion-MNIST, CIFAR-10/100 and image-folder trees, all real.
+
+Small datasets (Fashion-MNIST, CIFAR) are read once into one uint8 tensor in memory
+and augmented a batch at a time on the training device (`roadmap.augment`).
+Image folders (ImageNet, Imagenette, ...) are decoded, cropped and flipped one image
+at a time in DataLoader workers; the rest of the recipe's augmentation then runs on
+the batch, on the device, as for the small datasets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from roadmap.model import ConfigError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IN_MEMORY = ("fashion_mnist", "cifar10", "cifar100")
+FOLDER = ("imagefolder",)
+
+
+@dataclass
+class DataConfig:
+    """What the model sees and where it comes from."""
+
+    name: str
+    """The dataset's name, for run and study directories (fashion_mnist, imagenet, imagenette, ...)."""
+    source: str
+    """Where the images come from: fashion_mnist, cifar10, cifar100 or imagefolder."""
+    image_size: int
+    channels: int
+    num_classes: int
+    root: str = "data"
+    """Where local copies live (and downloads go): <root>/FashionMNIST/raw, <root>/cifar-10-batches-py,
+    or, for imagefolder, the folder holding train/ and val/."""
+    download: bool = True
+    """Try torchvision's downloader when no local copy exists."""
+    mean: List[float] = field(default_factory=lambda: [0.5])
+    std: List[float] = field(default_factory=lambda: [0.5])
+    train_limit: int = 0
+    """Use only this many training images (a fixed random subset); 0 = all."""
+    test_limit: int = 0
+    workers: int = 4
+    """DataLoader workers that decode image folders."""
+
+    def __post_init__(self) -> None:
+        if self.source not in IN_MEMORY + FOLDER:
+            raise ConfigError(f"data.source={self.source} is not valid: choose one of {', '.join(IN_MEMORY + FOLDER)}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(
+                f"data.mean/data.std have {len(self.mean)}/{len(self.std)} entries but data.channels={self.channels}: "
+                "give one per channel"
+            )
+        for key in ("image_size", "channels", "num_classes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key}={getattr(self, key)} is not valid: it must be a positive integer")
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be read; the message says how to get it."""
+
+
+# ----------------------------------------------------------------------------- in memory
+
+
+@dataclass
+class TensorData:
+    """A whole split in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, limit: int, seed: int = 0) -> "TensorData":
+        if not limit or limit >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        return TensorData(self.images[idx], self.labels[idx])
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (MNIST's format), gzipped or not."""
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim :]), dtype=torch.uint8).reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Optional[Path]:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre small images on a black canvas (Fashion-MNIST's 28x28 -> 32x32)."""
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    if h > size or w > size:
+        return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True).round().byte()
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(images, (left, size - w - left, top, size - h - top))
+
+
+def load_fashion_mnist(cfg: DataConfig) -> Tuple[TensorData, TensorData]:
+    """Debian's dataset-fashion-mnist files, else <root>/FashionMNIST/raw, else a download."""
+    candidates = [DEBIAN_FASHION_MNIST, Path(cfg.root) / "FashionMNIST" / "raw", Path(cfg.root) / "fashion-mnist"]
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    for folder in candidates:
+        files = [_find_idx(folder, n) for n in names]
+        if all(files):
+            break
+    else:
+        problem = "no local copy"
+        if cfg.download:
+            try:
+                from torchvision.datasets import FashionMNIST
+
+                FashionMNIST(cfg.root, train=True, download=True)
+                FashionMNIST(cfg.root, train=False, download=True)
+                folder = Path(cfg.root) / "FashionMNIST" / "raw"
+                files = [_find_idx(folder, n) for n in names]
+            except Exception as e:  # no network, a proxy, a full disk: all end the same way
+                problem = f"the download failed ({type(e).__name__})"
+        if not all(files):
+            raise DataError(
+                f"Fashion-MNIST not found in {DEBIAN_FASHION_MNIST} or {candidates[1]} and {problem}: "
+                "run `make data` (installs Debian's dataset-fashion-mnist) or put the four IDX files in "
+                f"{candidates[1]}"
+            )
+    try:
+        xtr, ytr, xte, yte = (_read_idx(f) for f in files)
+    except Exception as e:
+        raise DataError(f"Fashion-MNIST files in {folder} are unreadable ({e}): reinstall them (`make data`)") from e
+    pad = lambda x: _pad_to(x.unsqueeze(1), cfg.image_size)  # noqa: E731
+    return TensorData(pad(xtr), ytr.long()), TensorData(pad(xte), yte.long())
+
+
+def load_cifar(cfg: DataConfig) -> Tuple[TensorData, TensorData]:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if cfg.source == "cifar10" else CIFAR100
+    try:
+        splits = [cls(cfg.root, train=t, download=cfg.download) for t in (True, False)]
+    except Exception as e:
+        raise DataError(
+            f"{cls.__name__} not found under {cfg.root} and {'the download failed' if cfg.download else 'data.download=false'} "
+            f"({type(e).__name__}): put torchvision's {cls.base_folder} folder in data.root={cfg.root}"
+        ) from e
+    out = []
+    for ds in splits:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        out.append(TensorData(_pad_to(images, cfg.image_size), torch.tensor(ds.targets, dtype=torch.long)))
+    return out[0], out[1]
+
+
+def load_in_memory(cfg: DataConfig, seed: int = 0) -> Tuple[TensorData, TensorData]:
+    train, test = load_fashion_mnist(cfg) if cfg.source == "fashion_mnist" else load_cifar(cfg)
+    if train.images.shape[1] != cfg.channels:
+        raise DataError(f"{cfg.source} has {train.images.shape[1]} channels but data.channels={cfg.channels}")
+    return train.subset(cfg.train_limit, seed), test.subset(cfg.test_limit, seed)
+
+
+def batches(
+    data: TensorData, batch_size: int, generator: Optional[torch.Generator], rank: int = 0, world: int = 1,
+    drop_last: bool = True, start: int = 0,
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of one epoch: shuffled by `generator` (None: in order), each process of a
+    distributed run taking its own slice of every global batch. `start` skips batches
+    already trained (resuming mid-epoch)."""
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    step = batch_size * world
+    stop = n - n % step if drop_last else n
+    for i, b in enumerate(range(0, stop, step)):
+        if i < start:
+            continue
+        idx = order[b : b + step][rank::world]
+        yield data.images[idx], data.labels[idx]
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float]):
+    """train/ and val/ class folders: decoded, random-resized-cropped and flipped per image
+    in workers (train); resized to size/0.875 and centre-cropped (val). uint8 out."""
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    root = Path(cfg.root)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(
+                f"image folder {root / split} not found: point data.root at a folder holding train/ and val/, "
+                "each with one sub-folder of images per class"
+            )
+    size = cfg.image_size
+    train_tf = v2.Compose([
+        v2.PILToTensor(),
+        v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+    ])
+    val_tf = v2.Compose([
+        v2.PILToTensor(),
+        v2.Resize(int(round(size / 0.875)), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(size),
+    ])
+    mode = "L" if cfg.channels == 1 else "RGB"
+    loader = lambda p: datasets.folder.default_loader(p).convert(mode)  # noqa: E731
+    train = datasets.ImageFolder(str(root / "train"), transform=train_tf, loader=loader)
+    val = datasets.ImageFolder(str(root / "val"), transform=val_tf, loader=loader)
+    if len(train.classes) != cfg.num_classes:
+        raise DataError(
+            f"{root / 'train'} has {len(train.classes)} classes but data.num_classes={cfg.num_classes}: "
+            f"set data.num_classes={len(train.classes)}"
+        )
+    if cfg.train_limit:
+        train = torch.utils.data.Subset(train, torch.randperm(len(train))[: cfg.train_limit].tolist())
+    if cfg.test_limit:
+        val = torch.utils.data.Subset(val, list(range(min(cfg.test_limit, len(val)))))
+    return train, val

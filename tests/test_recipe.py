@@ -1,0 +1,93 @@
+"""The paper's two recipes, and the micro study's budget."""
+
+import pytest
+import torch
+
+import roadmap
+from roadmap.config import validate
+from roadmap.model import ConvNet, ModelConfig
+from roadmap.recipe import build_optimizer, build_scheduler
+
+
+def recipe(step, *overrides):
+    return validate(roadmap.compose(step, *overrides)).recipe
+
+
+def lrs(rec, steps_per_epoch=10):
+    model = ConvNet(ModelConfig(depths=[1, 1, 1, 1], widths=[8, 8, 8, 8], in_chans=1, num_classes=10))
+    opt = build_optimizer(model, rec)
+    sched = build_scheduler(opt, rec, steps_per_epoch)
+    out = []
+    for _ in range(rec.epochs * steps_per_epoch):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return opt, out
+
+
+def test_the_resnet_step_trains_with_the_original_recipe():
+    r = recipe("resnet", "+experiment=imagenet_r50")
+    assert (r.name, r.optimizer, r.lr, r.lr_batch, r.momentum, r.weight_decay) == ("classic", "sgd", 0.1, 256, 0.9, 1e-4)
+    assert (r.epochs, r.batch_size) == (90, 256)
+    opt, seq = lrs(r, 2)
+    assert isinstance(opt, torch.optim.SGD) and all(g["weight_decay"] == 1e-4 for g in opt.param_groups)
+    assert seq[0] == pytest.approx(0.1) and seq[30 * 2] == pytest.approx(0.01) and seq[60 * 2] == pytest.approx(0.001)
+    assert seq[30 * 2 - 1] == pytest.approx(0.1)  # decays at epochs 30 and 60 of 90
+
+
+def test_every_later_step_trains_with_the_convnext_recipe_of_table_5():
+    for step in roadmap.STEPS[1:]:
+        assert recipe(step).name == "convnext"
+    r = recipe("separate_downsampling", "+experiment=imagenet_r50")
+    assert (r.optimizer, r.lr, r.lr_batch, r.lr_scaling, r.weight_decay, r.betas) == ("adamw", 4e-3, 4096, "linear", 0.05, [0.9, 0.999])
+    assert (r.epochs, r.batch_size, r.warmup, r.min_lr) == (300, 4096, pytest.approx(20 / 300), 1e-6)
+    assert (r.randaugment_ops, r.randaugment_magnitude, r.randaugment_std) == (2, 9, 0.5)
+    assert (r.mixup, r.cutmix, r.random_erasing, r.label_smoothing, r.regularization) == (0.8, 1.0, 0.25, 0.1, 1.0)
+    assert r.ema is False and r.ema_decay == 0.9999 and r.crop_scale == [0.08, 1.0]
+    model = validate(roadmap.compose("separate_downsampling", "+experiment=imagenet_r50")).model
+    assert (model.drop_path_rate, model.layer_scale) == (0.1, 1e-6)
+    assert validate(roadmap.compose("separate_downsampling", "+experiment=imagenet_r200")).model.drop_path_rate == 0.5
+
+
+def test_adamw_decays_conv_and_linear_weights_only_with_warmup_then_cosine():
+    r = recipe("gelu", "+experiment=imagenet_r50", "recipe.epochs=30")
+    opt, seq = lrs(r, 10)
+    decay, no_decay = opt.param_groups
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.05, 0.0)
+    peak = 4e-3
+    warm = 20  # 20/300 of 300 steps
+    assert seq[0] < peak / 100 and seq[warm] == pytest.approx(peak, rel=1e-3)
+    assert seq[warm + (300 - warm) // 2] == pytest.approx(peak / 2, rel=0.02) and seq[-1] < peak / 100
+
+
+def test_a_short_run_keeps_the_recipes_shape():
+    r = recipe("gelu", "+experiment=imagenet_r50", "recipe.epochs=3")
+    _, seq = lrs(r, 100)
+    assert max(range(len(seq)), key=seq.__getitem__) == 20  # warmup is still 20/300 of training
+
+
+def test_the_micro_study_budget_is_the_same_for_every_step():
+    budget = ("epochs", "batch_size", "regularization", "crop_scale", "lr_scaling", "hflip")
+    values = {repr([getattr(recipe(s), k) for k in budget]) for s in roadmap.STEPS}
+    assert len(values) == 1
+
+
+def test_square_root_lr_scaling_for_small_batches():
+    r = recipe("gelu", "recipe.lr_scaling=sqrt", "recipe.batch_size=256")
+    assert r.scaled_lr() == pytest.approx(4e-3 / 4)  # sqrt(256/4096) = 1/4
+    assert recipe("gelu", "recipe.batch_size=256", "recipe.lr_scaling=linear").scaled_lr() == pytest.approx(2.5e-4)
+
+
+def test_imagenet_presets_reach_batch_4096_by_accumulating_gradients():
+    cfg = validate(roadmap.compose("gelu", "+experiment=imagenet_r50"))
+    assert (cfg.data.image_size, cfg.data.channels, cfg.data.num_classes, cfg.data.source) == (224, 3, 1000, "imagefolder")
+    assert cfg.recipe.batch_size // cfg.recipe.device_batch == 32  # on one GPU; 4 on eight
+    assert validate(roadmap.compose("gelu", "+experiment=imagenet_r200")).regime.name == "r200"
+
+
+def test_ema_is_available(tmp_path):
+    from roadmap.train import run_one
+
+    assert run_one(roadmap.compose("layer_norm", "+experiment=smoke", "recipe.ema=true", "recipe.epochs=1"), tmp_path) == 0
+    assert "ema" in torch.load(tmp_path / "checkpoint.pt", weights_only=False)
