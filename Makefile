@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test inspect clean
+.PHONY: setup data run test inspect clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,20 @@ inspect: setup
 	$(PY) -m roadmap.inspect +step=all regime=r200
 	$(PY) -m roadmap.inspect +step=all
 
-test: setup
+# Fashion-MNIST, the real one: Debian's package where apt-get can run, else
+# torchvision's downloader into data/ (for online machines without apt).
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+		sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		$(MAKE) setup && $(PY) -m roadmap.data; \
+	fi
+
+test: setup data
 	$(PY) -m pytest -n 2 -q
 
 clean:

@@ -47,7 +47,10 @@ STEPS = (
     "separate_downsampling",
 )
 SIDE_BRANCHES = ("kernel_5", "kernel_9", "kernel_11")
-GROUPS = ("regime", "data", "recipe", "study", "logger", "experiment")
+# The step each one builds on: the one before it, except the kernel-size side branches.
+PARENTS = {step: prev for prev, step in zip(STEPS, STEPS[1:])}
+PARENTS.update({k: "move_up_depthwise" for k in ("kernel_5", "kernel_7", "kernel_9", "kernel_11")}, gelu="kernel_7")
+GROUPS = ("regime", "data", "recipe", "budget", "logger", "experiment")
 
 
 def _conf_dir() -> Path:
@@ -136,6 +139,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
+    study: str = "${data.name}_${regime.name}"
+    """The study's name: its runs live in experiments/<study>/<step>/seed<k>/."""
 
     def __post_init__(self) -> None:
         m, d = self.model, self.data

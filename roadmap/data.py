@@ -230,3 +230,15 @@ def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float]):
     if cfg.test_limit:
         val = torch.utils.data.Subset(val, list(range(min(cfg.test_limit, len(val)))))
     return train, val
+
+
+if __name__ == "__main__":  # `make data` where apt-get cannot run: torchvision's download into data/
+    import sys
+
+    cfg = DataConfig("fashion_mnist", "fashion_mnist", 32, 1, 10, root=sys.argv[1] if len(sys.argv) > 1 else "data")
+    try:
+        train, test = load_fashion_mnist(cfg)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"Fashion-MNIST: {len(train)} training and {len(test)} test images")

@@ -29,6 +29,7 @@ class Optimizer(str, Enum):
 class LrScaling(str, Enum):
     linear = "linear"  # lr x batch / lr_batch: the paper, and the rule for SGD
     sqrt = "sqrt"  # lr x sqrt(batch / lr_batch): the rule for adaptive optimizers far from lr_batch
+    none = "none"  # lr as given, at any batch size
 
 
 class Schedule(str, Enum):
@@ -104,6 +105,8 @@ class RecipeConfig:
 
     def scaled_lr(self) -> float:
         ratio = self.batch_size / self.lr_batch
+        if self.lr_scaling is LrScaling.none:
+            return self.lr
         return self.lr * (ratio if self.lr_scaling is LrScaling.linear else math.sqrt(ratio))
 
 

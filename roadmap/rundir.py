@@ -23,7 +23,7 @@ CONFIG, METRICS, SUMMARY, CHECKPOINT, ERROR = "config.yaml", "metrics.jsonl", "s
 FINISHED = ("completed", "diverged")
 
 # Keys that do not change what a run computes: a run may resume with other values.
-NEUTRAL_KEYS = ("logger", "train.progress", "train.threads", "data.root", "data.download", "data.workers")
+NEUTRAL_KEYS = ("study", "logger", "train.progress", "train.threads", "data.root", "data.download", "data.workers")
 
 
 class RunDirError(RuntimeError):

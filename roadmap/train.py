@@ -345,7 +345,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict:
     cost = complexity(run.model, run.data.image_size)
     logger = (WandbLogger(run, cfg, run_dir) if run.logger.kind == "wandb" else NoLogger()) if main else NoLogger()
     base = {
-        "step": run.step.name, "regime": run.regime.name, "data": run.data.name, "recipe": recipe.name, "seed": run.seed,
+        "step": run.step.name, "change": run.step.change, "regime": run.regime.name, "data": run.data.name, "recipe": recipe.name, "seed": run.seed,
         "params": cost.params, "gmacs": cost.gmacs, "resolution": cost.resolution, "epochs": recipe.epochs,
         "world_size": world, "device": str(device), "code_version": code_version(), "versions": library_versions(),
     }

@@ -52,6 +52,7 @@ def test_each_step_file_names_itself_cites_the_paper_and_is_short(step):
 @pytest.mark.parametrize("step", list(PATH))
 def test_each_step_is_the_previous_plus_its_own_change(step, regime):
     parent, changed = PATH[step]
+    assert roadmap.config.PARENTS[step] == parent
     here = OmegaConf.to_container(roadmap.compose(step, f"regime={regime}").model)
     before = OmegaConf.to_container(roadmap.compose(parent, f"regime={regime}").model)
     differs = {k for k in here if here[k] != before[k]}
