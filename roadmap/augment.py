@@ -232,7 +232,7 @@ class BatchAugment:
                  randaugment_magnitude: float = 0.0, randaugment_std: float = 0.0, random_erasing: float = 0.0,
                  mixup: float = 0.0, cutmix: float = 0.0, num_classes: int = 10,
                  mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)):
-        self.crop, self.crop_scale, self.hflip = crop, tuple(crop_scale), hflip
+        self.crop, self.crop_scale, self.hflip = crop, tuple(float(v) for v in crop_scale), hflip
         self.randaugment = RandAugment(randaugment_ops, randaugment_magnitude, randaugment_std) if randaugment_ops and randaugment_magnitude > 0 else None
         self.erasing = random_erasing
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
@@ -249,10 +249,13 @@ class BatchAugment:
         """Everything drawn per image, from `g`: crop, flip, RandAugment, normalization, erasing."""
         x = images.float().div_(255)
         n, _, h, w = x.shape
-        if self.crop:
+        if self.crop and self.crop_scale != (1.0, 1.0):
             boxes = sample_boxes(n, h, w, self.crop_scale, (3 / 4, 4 / 3), g)
             flip = torch.rand(n, generator=g) < self.hflip
             x = warp(x, crop_flip_theta(boxes, flip, h, w), "bicubic").clamp_(0, 1)
+        elif self.crop and self.hflip > 0:  # whole-image "crops": flip only, no resampling
+            flip = (torch.rand(n, generator=g) < self.hflip).view(-1, 1, 1, 1).to(x.device)
+            x = torch.where(flip, x.flip(-1), x)
         if self.randaugment is not None:
             x = self.randaugment(x, g)
         x = normalize(x, self.mean, self.std)

@@ -9,6 +9,7 @@ the batch, on the device, as for the small datasets.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from dataclasses import dataclass, field
@@ -112,9 +113,9 @@ def _pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(images, (left, size - w - left, top, size - h - top))
 
 
-def load_fashion_mnist(cfg: DataConfig) -> Tuple[TensorData, TensorData]:
+def load_fashion_mnist(root: str, image_size: int = 32, download: bool = True) -> Tuple[TensorData, TensorData]:
     """Debian's dataset-fashion-mnist files, else <root>/FashionMNIST/raw, else a download."""
-    candidates = [DEBIAN_FASHION_MNIST, Path(cfg.root) / "FashionMNIST" / "raw", Path(cfg.root) / "fashion-mnist"]
+    candidates = [DEBIAN_FASHION_MNIST, Path(root) / "FashionMNIST" / "raw", Path(root) / "fashion-mnist"]
     names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     for folder in candidates:
         files = [_find_idx(folder, n) for n in names]
@@ -122,13 +123,13 @@ def load_fashion_mnist(cfg: DataConfig) -> Tuple[TensorData, TensorData]:
             break
     else:
         problem = "no local copy"
-        if cfg.download:
+        if download:
             try:
                 from torchvision.datasets import FashionMNIST
 
-                FashionMNIST(cfg.root, train=True, download=True)
-                FashionMNIST(cfg.root, train=False, download=True)
-                folder = Path(cfg.root) / "FashionMNIST" / "raw"
+                FashionMNIST(root, train=True, download=True)
+                FashionMNIST(root, train=False, download=True)
+                folder = Path(root) / "FashionMNIST" / "raw"
                 files = [_find_idx(folder, n) for n in names]
             except Exception as e:  # no network, a proxy, a full disk: all end the same way
                 problem = f"the download failed ({type(e).__name__})"
@@ -142,30 +143,38 @@ def load_fashion_mnist(cfg: DataConfig) -> Tuple[TensorData, TensorData]:
         xtr, ytr, xte, yte = (_read_idx(f) for f in files)
     except Exception as e:
         raise DataError(f"Fashion-MNIST files in {folder} are unreadable ({e}): reinstall them (`make data`)") from e
-    pad = lambda x: _pad_to(x.unsqueeze(1), cfg.image_size)  # noqa: E731
+    pad = lambda x: _pad_to(x.unsqueeze(1), image_size)  # noqa: E731
     return TensorData(pad(xtr), ytr.long()), TensorData(pad(xte), yte.long())
 
 
-def load_cifar(cfg: DataConfig) -> Tuple[TensorData, TensorData]:
+def load_cifar(source: str, root: str, image_size: int = 32, download: bool = True) -> Tuple[TensorData, TensorData]:
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    cls = CIFAR10 if cfg.source == "cifar10" else CIFAR100
+    cls = CIFAR10 if source == "cifar10" else CIFAR100
     try:
-        splits = [cls(cfg.root, train=t, download=cfg.download) for t in (True, False)]
+        splits = [cls(root, train=t, download=download) for t in (True, False)]
     except Exception as e:
         raise DataError(
-            f"{cls.__name__} not found under {cfg.root} and {'the download failed' if cfg.download else 'data.download=false'} "
-            f"({type(e).__name__}): put torchvision's {cls.base_folder} folder in data.root={cfg.root}"
+            f"{cls.__name__} not found under {root} and {'the download failed' if download else 'data.download=false'} "
+            f"({type(e).__name__}): put torchvision's {cls.base_folder} folder in data.root={root}"
         ) from e
     out = []
     for ds in splits:
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        out.append(TensorData(_pad_to(images, cfg.image_size), torch.tensor(ds.targets, dtype=torch.long)))
+        out.append(TensorData(_pad_to(images, image_size), torch.tensor(ds.targets, dtype=torch.long)))
     return out[0], out[1]
 
 
+@functools.lru_cache(maxsize=2)
+def _load_cached(source: str, root: str, image_size: int, download: bool) -> Tuple[TensorData, TensorData]:
+    """Read a dataset once per process (a sweep trains many steps on it); nothing mutates it."""
+    if source == "fashion_mnist":
+        return load_fashion_mnist(root, image_size, download)
+    return load_cifar(source, root, image_size, download)
+
+
 def load_in_memory(cfg: DataConfig, seed: int = 0) -> Tuple[TensorData, TensorData]:
-    train, test = load_fashion_mnist(cfg) if cfg.source == "fashion_mnist" else load_cifar(cfg)
+    train, test = _load_cached(cfg.source, cfg.root, cfg.image_size, cfg.download)
     if train.images.shape[1] != cfg.channels:
         raise DataError(f"{cfg.source} has {train.images.shape[1]} channels but data.channels={cfg.channels}")
     return train.subset(cfg.train_limit, seed), test.subset(cfg.test_limit, seed)
@@ -226,7 +235,8 @@ def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float]):
             f"set data.num_classes={len(train.classes)}"
         )
     if cfg.train_limit:
-        train = torch.utils.data.Subset(train, torch.randperm(len(train))[: cfg.train_limit].tolist())
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: cfg.train_limit]
+        train = torch.utils.data.Subset(train, pick.tolist())
     if cfg.test_limit:
         val = torch.utils.data.Subset(val, list(range(min(cfg.test_limit, len(val)))))
     return train, val
@@ -235,9 +245,8 @@ def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float]):
 if __name__ == "__main__":  # `make data` where apt-get cannot run: torchvision's download into data/
     import sys
 
-    cfg = DataConfig("fashion_mnist", "fashion_mnist", 32, 1, 10, root=sys.argv[1] if len(sys.argv) > 1 else "data")
     try:
-        train, test = load_fashion_mnist(cfg)
+        train, test = load_fashion_mnist(sys.argv[1] if len(sys.argv) > 1 else "data")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -18,25 +18,21 @@ the end, table.md / table.csv: each step beside the paper.
 
 from __future__ import annotations
 
-import csv
 import fcntl
-import io
-import math
 import os
 import re
-import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from roadmap import paper, rundir
-from roadmap.config import CONF_DIR, PARENTS, STEPS, ConfigError, available_steps, compose, run_dir_of
+from roadmap import results, rundir
+from roadmap.config import CONF_DIR, STEPS, ConfigError, compose, run_dir_of
 
 RESULT_COLUMNS = [
-    "study", "step", "order", "change", "seed", "status", "final_top1", "final_top5", "best_top1", "params", "gmacs",
-    "train_images_per_s", "data_share", "epochs_done", "epochs", "wall_time_s", "regime", "data", "recipe", "run_dir",
+    "study", "step", "order", "change", "seed", "status", "top1", "top5", "best_top1", "params", "gmacs",
+    "images_per_s", "data_share", "epochs_done", "epochs", "wall_time_s", "regime", "data", "recipe", "run_dir",
 ]
 
 
@@ -75,94 +71,23 @@ def setup_slurm_distributed() -> None:
 # ----------------------------------------------------------------------------- results
 
 
-def result_rows(study_dir: Path) -> List[Dict]:
-    rows = []
-    order = {s: i for i, s in enumerate(available_steps())}
-    for path in sorted(Path(study_dir).glob("*/seed*/" + rundir.SUMMARY)):
-        s = rundir.read_summary(path.parent)
-        if not s:
-            continue
-        rows.append({**{k: s.get(k) for k in RESULT_COLUMNS}, "study": Path(study_dir).name,
-                     "order": order.get(s.get("step"), len(order)), "run_dir": str(path.parent)})
-    rows.sort(key=lambda r: (r["order"], r["seed"] if r["seed"] is not None else -1))
-    return rows
-
-
-def write_results(study_dir: Path) -> List[Dict]:
+def write_results(study_dir: Path):
     """results.csv in the study root, rebuilt from every run's summary.json and
     replaced atomically: always whole, readable while the sweep goes on."""
-    rows = result_rows(study_dir)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, RESULT_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    rundir.atomic_write(Path(study_dir) / "results.csv", buf.getvalue().encode())
-    return rows
+    runs = results.load(study_dir)
+    rundir.atomic_write(Path(study_dir) / "results.csv", runs[RESULT_COLUMNS].to_csv(index=False).encode())
+    return runs
 
 
-def _mean_std(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def study_table(rows: List[Dict], regime: str) -> List[Dict]:
-    """One row per step: params, GMACs, top-1 mean and std over completed seeds, the
-    change from the step it builds on, images/s, and the paper's top-1 and change
-    (the r50 column for the micro regime, which follows r50's path)."""
-    ref_regime = "r200" if regime == "r200" else "r50"
-    by_step: Dict[str, List[Dict]] = {}
-    for r in rows:
-        by_step.setdefault(r["step"], []).append(r)
-    table, mean_of = [], {}
-    for step in [s for s in available_steps() if s in by_step]:
-        runs = by_step[step]
-        done = [r for r in runs if r["status"] == "completed"]
-        mean, std = _mean_std([float(r["final_top1"]) for r in done])
-        mean_of[step] = mean
-        ref = paper.row(ref_regime, step)
-        parent = PARENTS.get(step)
-        parent_ref = paper.row(ref_regime, parent) if parent else None
-        table.append({
-            "step": step, "change": runs[0].get("change") or "", "builds_on": parent or "", "params_m": float(runs[0]["params"]) / 1e6, "gmacs": float(runs[0]["gmacs"]),
-            "top1_mean": mean, "top1_std": std, "seeds": len(done), "runs": len(runs),
-            "delta": (mean - mean_of[parent]) if (mean is not None and parent in mean_of and mean_of[parent] is not None) else None,
-            "images_per_s": _mean_std([float(r["train_images_per_s"]) for r in done if r["train_images_per_s"]])[0],
-            "paper_top1": ref.top1 if ref else None,
-            "paper_delta": (ref.top1 - parent_ref.top1) if (ref and parent_ref) else None,
-            "not_completed": ", ".join(f"seed{r['seed']} {r['status']}" for r in runs if r["status"] != "completed"),
-        })
-    return table
-
-
-def render_table(table: List[Dict], regime: str) -> str:
-    ref = "r200" if regime == "r200" else "r50"
-    fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
-    lines = [
-        f"| step | what changes | params (M) | GMACs | top-1 (%) | ± std | seeds | Δ top-1 | img/s | paper top-1 ({ref}) | paper Δ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for t in table:
-        lines.append(
-            f"| {t['step']} | {t['change']} | {t['params_m']:.2f} | {t['gmacs']:.4g} | {fmt(t['top1_mean'], '.2f')} | {fmt(t['top1_std'], '.2f')} "
-            f"| {t['seeds']}/{t['runs']} | {fmt(t['delta'], '+.2f')} | {fmt(t['images_per_s'], '.0f')} "
-            f"| {fmt(t['paper_top1'], '.2f')} | {fmt(t['paper_delta'], '+.2f')} |"
-        )
-    return "\n".join(lines)
-
-
-def finish(study_dir: Path, regime: str) -> Tuple[str, List[Dict]]:
-    rows = write_results(study_dir)
-    table = study_table(rows, regime)
-    text = render_table(table, regime)
+def finish(study_dir: Path) -> Tuple[str, object]:
+    """results.csv, then the step table as table.md and table.csv; returns the Markdown and the runs."""
+    runs = write_results(study_dir)
+    table = results.step_table(runs)
+    text = results.markdown_table(table)
     rundir.atomic_write(Path(study_dir) / "table.md", (text + "\n").encode())
-    buf = io.StringIO()
-    if table:
-        writer = csv.DictWriter(buf, list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    rundir.atomic_write(Path(study_dir) / "table.csv", buf.getvalue().encode())
-    return text, rows
+    csv_text = table[results.TABLE_COLUMNS].to_csv(index=False) if not table.empty else ""
+    rundir.atomic_write(Path(study_dir) / "table.csv", csv_text.encode())
+    return text, runs
 
 
 # ----------------------------------------------------------------------------- command line
@@ -235,23 +160,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        sys.exit(0)
-    try:
-        bad = [a for a in argv if "=" not in a and not a.startswith("-")]
-        if bad:
-            raise ConfigError(f"'{bad[0]}' is not an override: write key=value, e.g. +step=all or seed=0,1,2")
-        steps, seeds, overrides, hydra_args = plan(argv)
-        study_dir = run_dir_of(steps[0], [*overrides, f"seed={seeds[0]}", *hydra_args]).parent.parent
-        sweep_dir = _sweep_dir(steps[0], overrides, seeds[0], hydra_args) or study_dir
-        rundir.check_writable(sweep_dir)
-    except (ConfigError, rundir.RunDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from roadmap.cli import one_line_errors, read_argv
 
-    regime = compose(steps[0], *overrides).regime.name
+    argv = read_argv(__doc__, "+step=all or seed=0,1,2", argv)
+    with one_line_errors():
+        steps, seeds, overrides, hydra_args = plan(argv)
+        sweep_dir = run_dir_of(steps[0], [*overrides, f"seed={seeds[0]}", *hydra_args]).parent.parent
+        for arg in hydra_args:
+            if arg.startswith("hydra.sweep.dir="):
+                sweep_dir = Path(arg.split("=", 1)[1])
+        rundir.check_writable(sweep_dir)
+
     print(f"sweep: {len(steps)} steps x {len(seeds)} seeds -> {sweep_dir}", flush=True)
     sys.argv = [sys.argv[0], "--multirun", f"+step={','.join(steps)}", f"seed={','.join(map(str, seeds))}", *overrides, *hydra_args]
 
@@ -263,11 +182,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _task()
     except SystemExit:
         pass
-    text, rows = finish(sweep_dir, regime)
+    text, runs = finish(sweep_dir)
     print(text)
     print(f"results: {sweep_dir / 'results.csv'}, table: {sweep_dir / 'table.md'}")
     wanted = {(s, k) for s in steps for k in seeds}
-    status = {(r["step"], r["seed"]): r["status"] for r in rows}
+    status = {(r.step, r.seed): r.status for r in runs.itertuples()}
     refused = []
     for step, seed in sorted(wanted, key=lambda x: (STEPS.index(x[0]) if x[0] in STEPS else 99, x[1])):
         try:
@@ -280,13 +199,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"{len(bad)} of {len(wanted)} runs did not complete: " + "; ".join(bad), file=sys.stderr)
         sys.exit(1)
     print(f"all {len(wanted)} runs completed.")
-
-
-def _sweep_dir(step: str, overrides: Sequence[str], seed: int, hydra_args: Sequence[str]) -> Optional[Path]:
-    for arg in hydra_args:
-        if arg.startswith("hydra.sweep.dir="):
-            return Path(arg.split("=", 1)[1])
-    return None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from roadmap.config import ConfigError
+from tests.conftest import one_line_error
 
 SMOKE = ("+experiment=smoke",)
 QUICK = ("data.train_limit=2048", "recipe.batch_size=128")  # a few seconds a run
@@ -40,7 +41,8 @@ def test_a_smoke_sweep_trains_every_step_and_seed_and_writes_the_table(tmp_path)
     assert {r["run_dir"] for r in rows} == {str(tmp_path / s / f"seed{k}") for s in ("resnet", "modern_recipe") for k in (0, 1)}
     table = (tmp_path / "table.md").read_text()
     assert "| step | what changes | params (M) | GMACs | top-1 (%) | ± std | seeds | Δ top-1 | img/s | paper top-1 (r50) | paper Δ |" in table
-    assert "| modern_recipe | ConvNeXt training recipe" in table and "| 78.82 | +2.69 |" in table  # the paper's, beside ours
+    assert "| modern_recipe | ConvNeXt training recipe" in table and "| 2/2 |" in table
+    assert "| 78.82 | +2.69 |" in table  # the paper's top-1 and change, beside ours
     assert "all 4 runs completed." in out.stdout
 
 
@@ -65,7 +67,7 @@ def test_killed_mid_sweep_and_rerun_every_run_completes_once_as_in_an_uninterrup
     assert out.returncode == 0, out.stderr
     assert "nothing to do" in out.stdout  # the finished run was skipped ...
     assert (killed / "resnet" / "seed0" / "summary.json").read_text() == first_run  # ... and not touched
-    key = lambda rows: [(r["step"], r["seed"], r["status"], r["final_top1"], r["final_top5"], r["epochs_done"]) for r in rows]  # noqa: E731
+    key = lambda rows: [(r["step"], r["seed"], r["status"], r["top1"], r["top5"], r["epochs_done"]) for r in rows]  # noqa: E731
     assert key(results(killed)) == key(results(whole))
 
 
@@ -125,14 +127,6 @@ def test_the_slurm_launcher_config_composes():
 
 
 # ----------------------------------------------------------------------------- bad input
-
-
-def one_line_error(out, *fragments):
-    assert out.returncode == 2, out.stdout + out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    for f in fragments:
-        assert f in lines[0]
 
 
 def test_an_unknown_step_in_the_list_stops_before_any_training(tmp_path):

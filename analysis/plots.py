@@ -1,0 +1,202 @@
+"""The paper's figures for a study's logged results.
+
+    python -m analysis.plots                       # every study under experiments/
+    python -m analysis.plots experiments/fashion_mnist_micro
+
+Writes into <study>/figures/, as PNG and PDF:
+  figure2        the paper's Figure 2 for this study: one bar per step, grouped as in the
+                 paper, top-1 with a seed error bar, GMACs beside each bar, side branches
+                 marked as not adopted, and the paper's ImageNet top-1 beside it;
+  path           top-1 against GMACs, the path drawn through numbered steps;
+  deltas         the change in top-1 at each step, this study beside the paper;
+  curves         test top-1 and training loss per epoch, for every step;
+and the numbers as table.md and table.csv. Nothing is trained.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from roadmap import results  # noqa: E402
+from roadmap.config import SIDE_BRANCHES, STEPS  # noqa: E402
+
+# Figure 2's groups, in the paper's order.
+GROUPS = [
+    ("ResNet", ("resnet", "modern_recipe")),
+    ("macro design", ("stage_ratio", "patchify_stem")),
+    ("ResNeXt", ("depthwise_conv", "wider")),
+    ("inverted bottleneck", ("inverted_bottleneck",)),
+    ("large kernel", ("move_up_depthwise", "kernel_5", "kernel_7", "kernel_9", "kernel_11")),
+    ("micro design", ("gelu", "fewer_activations", "fewer_norms", "layer_norm", "separate_downsampling")),
+]
+GROUP_OF = {s: g for g, steps in GROUPS for s in steps}
+COLOURS = dict(zip([g for g, _ in GROUPS], ["#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#d62728"]))
+ADOPTED = "#444444"
+
+
+def _save(fig, out: Path, name: str) -> List[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _title(table: pd.DataFrame) -> str:
+    return f"{table['study'].iloc[0]} (regime {table['regime'].iloc[0]})"
+
+
+def figure2(table: pd.DataFrame, out: Path) -> List[Path]:
+    t = table.sort_values("order").reset_index(drop=True)
+    ref = "r200" if t["regime"].iloc[0] == "r200" else "r50"
+    n = len(t)
+    fig, (ax, axp) = plt.subplots(1, 2, figsize=(12, 0.42 * n + 1.6), sharey=True, gridspec_kw={"width_ratios": [1.15, 1]})
+    y = list(range(n))[::-1]
+    for ax_, col, err, title in ((ax, "top1_mean", "top1_std", "this study"), (axp, "paper_top1", "paper_top1_std", f"paper, ImageNet-1K ({ref})")):
+        vals = t[col]
+        colours = [COLOURS[GROUP_OF.get(s, "micro design")] for s in t["step"]]
+        hatches = ["//" if s in SIDE_BRANCHES else "" for s in t["step"]]
+        finite = vals.dropna()
+        lo = (finite.min() - 2.0) if len(finite) else 0
+        hi = (finite.max() + 1.2) if len(finite) else 1
+        bars = ax_.barh(y, vals.fillna(lo) - lo, left=lo, xerr=t[err].fillna(0), color=colours, alpha=0.85,
+                        hatch=None, edgecolor="white", error_kw={"ecolor": "black", "capsize": 2, "lw": 0.8})
+        for bar, h, side in zip(bars, hatches, t["step"].isin(SIDE_BRANCHES)):
+            if side:
+                bar.set_alpha(0.35)
+                bar.set_hatch(h)
+        ax_.set_xlim(lo, hi + (0.9 if ax_ is ax else 0.2))
+        ax_.set_xlabel("top-1 accuracy (%)")
+        ax_.set_title(title, fontsize=11)
+        ax_.grid(axis="x", alpha=0.3)
+        for yi, v in zip(y, vals):
+            if pd.notna(v):
+                ax_.text(v + 0.08, yi, f"{v:.2f}", va="center", fontsize=7.5, color=ADOPTED)
+    for yi, g, side in zip(y, t["gmacs"], t["step"].isin(SIDE_BRANCHES)):
+        ax.text(ax.get_xlim()[1] - 0.05, yi, f"{g * 1e3:.2f} M" if g < 0.1 else f"{g:.2f} G", va="center", ha="right",
+                fontsize=7.5, color="#777777")
+    labels = [f"{s}{'  (not adopted)' if s in SIDE_BRANCHES else ''}" for s in t["step"]]
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8.5)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[g]) for g, _ in GROUPS]
+    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="#999999", hatch="//"))
+    fig.legend(handles, [g for g, _ in GROUPS] + ["side branch (not adopted)"], loc="lower center", ncol=7, fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, -0.02))
+    ax.text(1.0, 1.0, "MACs/image →", transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="#777777")
+    fig.suptitle(f"Modernizing a ResNet toward a ConvNeXt: {_title(t)}", fontsize=12)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(fig, out, "figure2")
+
+
+def path_plot(table: pd.DataFrame, out: Path) -> List[Path]:
+    t = table.sort_values("order").reset_index(drop=True)
+    scale, unit = (1e3, "MMACs") if t["gmacs"].max() < 0.1 else (1.0, "GMACs")
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    main = t[~t["step"].isin(SIDE_BRANCHES)]
+    ax.plot(main["gmacs"] * scale, main["top1_mean"], "-", color="#bbbbbb", zorder=1)
+    for _, r in t.iterrows():
+        side = r["step"] in SIDE_BRANCHES
+        colour = COLOURS[GROUP_OF.get(r["step"], "micro design")]
+        ax.errorbar(r["gmacs"] * scale, r["top1_mean"], yerr=r["top1_std"] if pd.notna(r["top1_std"]) else None,
+                    fmt="o", mfc="white" if side else colour, mec=colour, ecolor=colour, ms=7, capsize=2, zorder=2)
+        ax.annotate(str(STEPS.index(r["step"]) if r["step"] in STEPS else r["step"]), (r["gmacs"] * scale, r["top1_mean"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    key = "\n".join(f"{STEPS.index(s) if s in STEPS else '-'}  {s}{' (side)' if s in SIDE_BRANCHES else ''}" for s in t["step"])
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", fontsize=7.5, family="monospace")
+    ax.set_xlabel(f"multiply-accumulates per image ({unit})")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"Accuracy against compute along the path: {_title(t)}", fontsize=11)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out, "path")
+
+
+def delta_plot(table: pd.DataFrame, out: Path) -> List[Path]:
+    t = table.sort_values("order").reset_index(drop=True).iloc[1:]
+    ref = "r200" if t["regime"].iloc[0] == "r200" else "r50"
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(t) + 1.4))
+    y = list(range(len(t)))[::-1]
+    h = 0.38
+    ax.barh([v + h / 2 for v in y], t["delta"], height=h, color="#1f77b4", label="this study")
+    ax.barh([v - h / 2 for v in y], t["paper_delta"], height=h, color="#ff7f0e", label=f"paper, ImageNet-1K ({ref})")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{s}  (vs {p})" for s, p in zip(t["step"], t["builds_on"])], fontsize=8)
+    ax.set_xlabel("change in top-1 from the step it builds on (percentage points)")
+    ax.set_title(f"Which design decisions carry over: {_title(t)}", fontsize=11)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out, "deltas")
+
+
+def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path) -> List[Path]:
+    steps = [s for s in table.sort_values("order")["step"]]
+    cmap = plt.get_cmap("viridis", max(len(steps), 2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for i, step in enumerate(steps):
+        h = hist[hist["step"] == step]
+        for metric, ax in (("test_top1", a1), ("train_loss", a2)):
+            m = h[h["metric"] == metric].groupby("epoch")["value"].mean()
+            if len(m):
+                ax.plot(m.index, m.values, marker="o", ms=3, color=cmap(i), ls="--" if step in SIDE_BRANCHES else "-", label=step)
+    a1.set_ylabel("test top-1 accuracy (%)")
+    a2.set_ylabel("training loss (cross-entropy)")
+    for ax in (a1, a2):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    a2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="step (mean over seeds)", title_fontsize=7)
+    fig.suptitle(f"Training curves: {_title(table)}", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out, "curves")
+
+
+def write_tables(table: pd.DataFrame, out: Path) -> List[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    table.sort_values("order")[results.TABLE_COLUMNS].to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(results.markdown_table(table) + "\n")
+    return [out / "table.md", out / "table.csv"]
+
+
+def plot_study(study: Path) -> List[Path]:
+    runs = results.load(study)
+    if runs.empty:
+        raise SystemExit(f"error: no runs under {study}: give a study directory such as experiments/fashion_mnist_micro")
+    table = results.step_table(runs)
+    out = Path(study) / "figures"
+    written = write_tables(table, out)
+    written += figure2(table, out) + path_plot(table, out) + delta_plot(table, out)
+    written += curves_plot(results.history(study), table, out)
+    return written
+
+
+def studies(args: Sequence[str]) -> List[Path]:
+    if args:
+        missing = [a for a in args if not Path(a).is_dir()]
+        if missing:
+            raise SystemExit(f"error: {missing[0]} is not a directory: give study directories such as experiments/fashion_mnist_micro")
+        return [Path(a) for a in args]
+    found = sorted({p.parent.parent.parent for p in Path("experiments").glob("*/*/seed*/summary.json")})
+    if not found:
+        raise SystemExit("error: no studies under experiments/: run python -m roadmap.sweep +step=all first, or name a study")
+    return found
+
+
+def main(argv: Sequence[str] = ()) -> None:
+    for study in studies(argv):
+        written = plot_study(study)
+        print(f"{study}: " + ", ".join(p.name for p in written))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
