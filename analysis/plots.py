@@ -46,7 +46,7 @@ def _save(fig, out: Path, name: str) -> List[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})  # the same bytes on every redraw
     plt.close(fig)
     return paths
 
@@ -78,9 +78,9 @@ def figure2(table: pd.DataFrame, out: Path) -> List[Path]:
         ax_.set_xlabel("top-1 accuracy (%)")
         ax_.set_title(title, fontsize=11)
         ax_.grid(axis="x", alpha=0.3)
-        for yi, v in zip(y, vals):
+        for yi, v, e in zip(y, vals, t[err].fillna(0)):
             if pd.notna(v):
-                ax_.text(v + 0.08, yi, f"{v:.2f}", va="center", fontsize=7.5, color=ADOPTED)
+                ax_.text(v + e + 0.08, yi, f"{v:.2f}", va="center", fontsize=7.5, color=ADOPTED)
     for yi, g, side in zip(y, t["gmacs"], t["step"].isin(SIDE_BRANCHES)):
         ax.text(ax.get_xlim()[1] - 0.05, yi, f"{g * 1e3:.2f} M" if g < 0.1 else f"{g:.2f} G", va="center", ha="right",
                 fontsize=7.5, color="#777777")
@@ -109,7 +109,7 @@ def path_plot(table: pd.DataFrame, out: Path) -> List[Path]:
         ax.errorbar(r["gmacs"] * scale, r["top1_mean"], yerr=r["top1_std"] if pd.notna(r["top1_std"]) else None,
                     fmt="o", mfc="white" if side else colour, mec=colour, ecolor=colour, ms=7, capsize=2, zorder=2)
         ax.annotate(str(STEPS.index(r["step"]) if r["step"] in STEPS else r["step"]), (r["gmacs"] * scale, r["top1_mean"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+                    textcoords="offset points", xytext=(5, -11) if side else (6, 4), fontsize=8)
     key = "\n".join(f"{STEPS.index(s) if s in STEPS else '-'}  {s}{' (side)' if s in SIDE_BRANCHES else ''}" for s in t["step"])
     ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", fontsize=7.5, family="monospace")
     ax.set_xlabel(f"multiply-accumulates per image ({unit})")
