@@ -42,25 +42,31 @@ def _first_valid(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return valid.float().argmax(1), any_
 
 
-def sample_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
-                 g: torch.Generator, tries: int = 10) -> torch.Tensor:
-    """torchvision's RandomResizedCrop box sampling, for n images at once: (n, 4) as
-    top, left, h, w; the whole image where no try fits."""
-    area = height * width
-    target = area * torch.empty(n, tries).uniform_(scale[0], scale[1], generator=g)
-    log_r = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
-    aspect = torch.exp(log_r)
-    w = torch.sqrt(target * aspect).round()
-    h = torch.sqrt(target / aspect).round()
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    pick, ok = _first_valid(valid)
+def _draw_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float], g: torch.Generator,
+                aspect_on_width: bool, strict: bool, tries: int = 10) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Boxes of random area (a `scale` fraction of the image) and log-uniform aspect,
+    `tries` per image, the first that fits kept, placed uniformly: (n, 4) as top, left,
+    h, w, and whether any try fitted. torchvision's crop puts the aspect on the width;
+    timm's erasing on the height and wants the box strictly inside."""
+    target = height * width * torch.empty(n, tries).uniform_(scale[0], scale[1], generator=g)
+    aspect = torch.exp(torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g))
+    along, across = torch.sqrt(target * aspect).round(), torch.sqrt(target / aspect).round()
+    w, h = (along, across) if aspect_on_width else (across, along)
+    fits = (w < width) & (h < height) if strict else (w <= width) & (h <= height)
+    pick, ok = _first_valid(fits & (w > 0) & (h > 0))
     rows = torch.arange(n)
     w, h = w[rows, pick], h[rows, pick]
     top = (torch.rand(n, generator=g) * (height - h + 1)).floor()
     left = (torch.rand(n, generator=g) * (width - w + 1)).floor()
-    full = torch.tensor([0.0, 0.0, height, width])
-    boxes = torch.stack([top, left, h, w], 1)
-    return torch.where(ok[:, None], boxes, full)
+    return torch.stack([top, left, h, w], 1), ok
+
+
+def sample_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
+                 g: torch.Generator, tries: int = 10) -> torch.Tensor:
+    """torchvision's RandomResizedCrop box sampling, for n images at once: (n, 4) as
+    top, left, h, w; the whole image where no try fits."""
+    boxes, ok = _draw_boxes(n, height, width, scale, ratio, g, aspect_on_width=True, strict=False, tries=tries)
+    return torch.where(ok[:, None], boxes, torch.tensor([0.0, 0.0, height, width]))
 
 
 def crop_flip_theta(boxes: torch.Tensor, flip: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -202,16 +208,8 @@ def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, scale=(0.02, 1
     apply = torch.rand(n, generator=g) < p
     if not apply.any():
         return x
-    area = h * w * torch.empty(n, 10).uniform_(scale[0], scale[1], generator=g)
-    aspect = torch.exp(torch.empty(n, 10).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g))
-    bh = torch.sqrt(area * aspect).round()
-    bw = torch.sqrt(area / aspect).round()
-    valid = (bh < h) & (bw < w) & (bh > 0) & (bw > 0)
-    pick, ok = _first_valid(valid)
-    rows = torch.arange(n)
-    bh, bw = bh[rows, pick], bw[rows, pick]
-    top = (torch.rand(n, generator=g) * (h - bh + 1)).floor()
-    left = (torch.rand(n, generator=g) * (w - bw + 1)).floor()
+    boxes, ok = _draw_boxes(n, h, w, scale, ratio, g, aspect_on_width=False, strict=True)
+    top, left, bh, bw = boxes.unbind(1)
     ys = torch.arange(h).view(1, h, 1)
     xs = torch.arange(w).view(1, 1, w)
     box = (ys >= top.view(-1, 1, 1)) & (ys < (top + bh).view(-1, 1, 1)) & (xs >= left.view(-1, 1, 1)) & (xs < (left + bw).view(-1, 1, 1))

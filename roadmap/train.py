@@ -408,10 +408,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict:
 
 def in_sync(model: torch.nn.Module) -> bool:
     """Whether every process holds the same weights (DDP keeps them so)."""
-    vec = torch.cat([p.detach().float().flatten() for p in model.parameters()]).cpu()
+    vec = torch.cat([p.detach().float().flatten() for p in model.parameters()])  # on the model's device: NCCL needs CUDA, gloo takes either
     gathered: List[torch.Tensor] = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, vec) if dist.get_backend() == "gloo" else dist.all_gather(gathered, vec.cuda())
-    return all(torch.equal(g.cpu(), vec) for g in gathered)
+    dist.all_gather(gathered, vec)
+    return all(torch.equal(g, vec) for g in gathered)
 
 
 # ----------------------------------------------------------------------------- command line
