@@ -13,42 +13,43 @@ For r50 and r200, the paper's GFLOPs are compared with our count at ImageNet's s
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import List
 
 from roadmap import paper
 from roadmap.cli import run, split_steps
-from roadmap.complexity import complexity
+from roadmap.complexity import complexity, map_steps
 from roadmap.config import compose, model_config
 
 
 def table(steps: List[str], overrides: List[str]) -> List[dict]:
-    rows = []
-    for step in steps:
-        cfg = compose(step, *overrides)
-        here = complexity(cfg)
-        row = {
-            "step": step,
-            "regime": cfg.regime.name,
-            "change": cfg.step.change,
-            "params_m": here.mparams,
-            "gmacs": here.gmacs,
-            "resolution": here.resolution,
-        }
-        ref = paper.row(cfg.regime.name, step)
-        if ref is not None:
-            imagenet = dataclasses.replace(model_config(cfg), in_chans=3, num_classes=1000)
-            ours = complexity(imagenet, 224).gmacs
-            explained = paper.EXPLAINED.get((cfg.regime.name, step))
-            row.update(
-                paper_top1=ref.top1,
-                paper_gflops=ref.gflops,
-                imagenet_gmacs=ours,
-                diff=ours - ref.gflops,
-                ok=abs(ours - ref.gflops) <= paper.GFLOPS_TOLERANCE + 1e-9,
-                explained=explained,
-            )
-        rows.append(row)
-    return rows
+    return map_steps(partial(row, overrides=list(overrides)), list(steps))
+
+
+def row(step: str, overrides: List[str]) -> dict:
+    cfg = compose(step, *overrides)
+    here = complexity(cfg)
+    out = {
+        "step": step,
+        "regime": cfg.regime.name,
+        "change": cfg.step.change,
+        "params_m": here.mparams,
+        "gmacs": here.gmacs,
+        "resolution": here.resolution,
+    }
+    ref = paper.row(cfg.regime.name, step)
+    if ref is not None:
+        imagenet = dataclasses.replace(model_config(cfg), in_chans=3, num_classes=1000)
+        ours = complexity(imagenet, 224).gmacs
+        out.update(
+            paper_top1=ref.top1,
+            paper_gflops=ref.gflops,
+            imagenet_gmacs=ours,
+            diff=ours - ref.gflops,
+            ok=abs(ours - ref.gflops) <= paper.GFLOPS_TOLERANCE + 1e-9,
+            explained=paper.EXPLAINED.get((cfg.regime.name, step)),
+        )
+    return out
 
 
 def render(rows: List[dict]) -> str:

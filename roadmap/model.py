@@ -292,6 +292,8 @@ class ConvNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.fc.weight.is_meta:  # shapes only (roadmap.complexity): nothing to initialise
+            return
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 if self.cfg.init is Init.trunc_normal:
