@@ -79,3 +79,27 @@ def test_solarize_and_posterize_follow_torchvisions_magnitudes():
     levels = ra.colour("posterize", x, full, full).mul(255).round().unique()
     assert len(levels) == 16  # 4 bits kept at magnitude 10
     assert math.isclose(ra.colour("brightness", torch.full((1, 1, 2, 2), 0.5), full, -full).max().item(), 0.05, abs_tol=1e-6)
+
+
+def test_the_broadcast_affine_grid_samples_exactly_as_torchs_affine_grid():
+    import torch.nn.functional as F
+
+    from roadmap.augment import warp
+
+    x = torch.rand(16, 3, 20, 24, generator=g())
+    theta = torch.randn(16, 2, 3, generator=g()) * 0.3 + torch.tensor([[1.0, 0, 0], [0, 1, 0]])
+    for mode in ("bilinear", "bicubic"):
+        ref = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode=mode, align_corners=False)
+        assert torch.allclose(warp(x, theta, mode), ref, atol=1e-5)
+
+
+def test_sharpness_blurs_with_pils_smooth_kernel_and_keeps_the_border():
+    import torch.nn.functional as F
+
+    from roadmap.augment import _smooth
+
+    x = torch.rand(4, 3, 16, 16, generator=g())
+    k = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13
+    ref = x.clone()
+    ref[..., 1:-1, 1:-1] = F.conv2d(x, k.expand(3, 1, 3, 3), groups=3)
+    assert torch.allclose(_smooth(x), ref, atol=1e-6)

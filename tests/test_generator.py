@@ -199,3 +199,14 @@ def test_every_micro_step_runs_forward_and_backward():
         y = m(torch.randn(4, 1, 32, 32))
         y.logsumexp(1).mean().backward()
         assert all(p.grad is not None for p in m.parameters()), step
+
+
+def test_a_1x1_conv_on_a_channels_last_tensor_is_the_same_linear_map_as_the_conv_kernel():
+    from roadmap.model import PointwiseConv
+
+    conv = PointwiseConv(8, 16, 1, stride=2)
+    x = torch.randn(4, 8, 9, 9)
+    as_conv = conv(x)  # NCHW: the conv kernel
+    as_matmul = conv(x.contiguous(memory_format=torch.channels_last))
+    assert as_matmul.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(as_conv, as_matmul, atol=1e-5)
