@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data run test inspect plots clean
+.PHONY: setup data run test bench inspect plots clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ run: setup data
 # The figures and tables of every study under experiments/ (nothing is trained).
 plots: setup
 	$(PY) -m analysis.plots
+
+# The speed table (BENCHMARKS.md): every step against the reference implementations
+# and the machine's matmul rate, about 10 minutes on 2 CPU cores. Writes benchmarks/.
+bench: setup data
+	$(PY) -m roadmap.bench
 
 inspect: setup
 	$(PY) -m roadmap.inspect +step=all regime=r50

@@ -1,0 +1,519 @@
+"""Benchmark: how fast every network of the roadmap trains and infers on this machine,
+against the reference implementations of its two ends and the machine's own limit.
+
+    make bench                                         # the CPU table (about 10 minutes on 2 cores)
+    python -m roadmap.bench steps=resnet reps=1        # a cheap form (CI runs one like it)
+    python -m roadmap.bench device=cuda                # the GPU table: r50 ends at 224, bf16
+
+What it measures, all in one process, on identical random input:
+  - train (forward, cross-entropy, backward, AdamW step) and inference images/s of every
+    step: micro at 32x32 (Fashion-MNIST's shapes), r50 at 64x64 (3 channels, 1000
+    classes), and the two ends of r200; repetitions interleaved across all networks,
+    the median kept;
+  - the references at both ends, built with the same depths, widths and drop-path rate
+    and checked to be the same network (our importer loads their weights strictly), and
+    ours / theirs;
+  - the training FLOP rate (6 x counted MACs per image: forward + backward) as a share of
+    the dense matrix-multiply rate measured in the same loop;
+  - peak memory of one training step;
+  - the data pipeline (Fashion-MNIST batches with the convnext recipe's augmentation)
+    against the micro networks' training images/s;
+  - the time to count params and MACs of every step of r50 and r200 (compose + count).
+The table is printed and written to <out>/bench_<device>.md and .csv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from roadmap.cli import one_line_errors, read_argv
+from roadmap.complexity import complexity, map_steps
+from roadmap.config import STEPS, ConfigError, compose, expand_steps, model_config, validate
+from roadmap.model import BlockType, ConvNet, ModelConfig
+from roadmap.weights import WeightImportError, import_weights
+
+# (resolution, batch) per regime and device: the same for ours and the references.
+SHAPES = {
+    "cpu": {"micro": (32, 256), "r50": (64, 32), "r200": (64, 16)},
+    "cuda": {"micro": (32, 1024), "r50": (224, 128), "r200": (224, 64)},
+}
+ENDS = ("resnet", "separate_downsampling")
+PAPER_A100_CONVNEXT_T = 1943.5  # img/s, inference, A100, TF32, channels-last (Table 1)
+
+
+@dataclass
+class BenchConfig:
+    device: str = "cpu"
+    """cpu, or cuda (bf16 autocast, channels-last, each network also under torch.compile)."""
+    regimes: List[str] = field(default_factory=lambda: ["micro", "r50", "r200"])
+    steps: str = "all"
+    """Steps of micro and r50 (all, or a comma list); r200 runs its two ends only."""
+    reps: int = 5
+    """Interleaved repetitions; the median is kept."""
+    seconds: float = 0.3
+    """Target length of one repetition of one network (whole steps, at least one)."""
+    threads: int = 0
+    """torch threads; 0 = every core this process may use."""
+    references: bool = True
+    data: bool = True
+    count: bool = True
+    out: str = "benchmarks"
+
+
+@dataclass
+class Entry:
+    regime: str
+    name: str  # the step, or the reference's name
+    impl: str  # roadmap, torchvision or timm
+    build: Callable[[], nn.Module]
+    ours: Optional[str] = None  # a reference: the step it is the same network as
+    compiled: bool = False
+    result: Dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def torchvision_resnet(cfg: ModelConfig) -> nn.Module:
+    """torchvision's ResNet class with the config's depths and widths (resnet50 for r50;
+    torchvision has no resnet200 builder but its class builds one)."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    m = ResNet(Bottleneck, cfg.depths, num_classes=cfg.num_classes)
+    if cfg.widths != [64, 128, 256, 512] or cfg.in_chans != 3:  # its constructor fixes these: rebuild them its way
+        m.inplanes = cfg.widths[0]
+        m.conv1 = nn.Conv2d(cfg.in_chans, cfg.widths[0], 7, 2, 3, bias=False)
+        m.bn1 = nn.BatchNorm2d(cfg.widths[0])
+        for i, (depth, width) in enumerate(zip(cfg.depths, cfg.widths)):
+            setattr(m, f"layer{i + 1}", m._make_layer(Bottleneck, width, depth, stride=1 if i == 0 else 2))
+        m.fc = nn.Linear(cfg.widths[-1] * 4, cfg.num_classes)
+    return m
+
+
+def timm_resnet(cfg: ModelConfig) -> nn.Module:
+    from timm.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, cfg.depths, channels=cfg.widths, in_chans=cfg.in_chans, num_classes=cfg.num_classes)
+
+
+def torchvision_convnext(cfg: ModelConfig) -> nn.Module:
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    widths = cfg.widths + [None]
+    setting = [CNBlockConfig(widths[i], widths[i + 1], d) for i, d in enumerate(cfg.depths)]
+    m = ConvNeXt(setting, stochastic_depth_prob=cfg.drop_path_rate, layer_scale=cfg.layer_scale, num_classes=cfg.num_classes)
+    if cfg.in_chans != 3 or cfg.patch_size != 4:  # its stem conv is fixed at 3 channels, 4x4
+        m.features[0][0] = nn.Conv2d(cfg.in_chans, cfg.widths[0], cfg.patch_size, cfg.patch_size)
+    return m
+
+
+def timm_convnext(cfg: ModelConfig) -> nn.Module:
+    from timm.models.convnext import ConvNeXt
+
+    return ConvNeXt(in_chans=cfg.in_chans, num_classes=cfg.num_classes, depths=cfg.depths, dims=cfg.widths,
+                    drop_path_rate=cfg.drop_path_rate, ls_init_value=cfg.layer_scale, patch_size=cfg.patch_size)
+
+
+# Each end's references: (implementation, builder, whether it can build this config).
+REFERENCES = {
+    "resnet": [("torchvision", torchvision_resnet, lambda c: True),
+               ("timm", timm_resnet, lambda c: c.widths[0] == 64)],  # timm's stem is 64 channels whatever the widths
+    "separate_downsampling": [("torchvision", torchvision_convnext, lambda c: True), ("timm", timm_convnext, lambda c: True)],
+}
+
+
+def _overrides(regime: str, device: str) -> List[str]:
+    resolution = SHAPES[device][regime][0]
+    data = [] if regime == "micro" else ["data=imagenet", f"data.image_size={resolution}"]
+    return [f"regime={regime}", *data]
+
+
+def entries(cfg: BenchConfig) -> List[Entry]:
+    out = []
+    for regime in cfg.regimes:
+        steps = expand_steps(cfg.steps) if regime != "r200" else [s for s in ENDS if s in expand_steps(cfg.steps)] or list(ENDS)
+        for step in steps:
+            composed = compose(step, *_overrides(regime, cfg.device))
+            mcfg = model_config(composed)
+            variants = [False, True] if cfg.device == "cuda" else [False]
+            for compiled in variants:
+                out.append(Entry(regime, step, "roadmap", partial(ConvNet, mcfg), compiled=compiled))
+                if cfg.references:
+                    for impl, build, fits in REFERENCES.get(step, []):
+                        if fits(mcfg):
+                            out.append(Entry(regime, step, impl, partial(build, mcfg), ours=step, compiled=compiled))
+    return out
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class Runner:
+    """One network, ready to train and infer on the batch, and to be timed."""
+
+    def __init__(self, entry: Entry, device: torch.device, batch: int, resolution: int, in_chans: int, num_classes: int):
+        self.device = device
+        torch.manual_seed(0)
+        self.model = entry.build().to(device, memory_format=torch.channels_last)
+        self.net = torch.compile(self.model) if entry.compiled else self.model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch, in_chans, resolution, resolution, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+        self.y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+        self.batch = batch
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def train_step(self) -> None:
+        self.model.train()
+        with self._autocast():
+            loss = F.cross_entropy(self.net(self.x).float(), self.y)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def infer_step(self) -> None:
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            self.net(self.x)
+
+    def seconds(self, fn: Callable[[], None], iters: int) -> float:
+        _sync(self.device)
+        t = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        _sync(self.device)
+        return (time.perf_counter() - t) / iters
+
+    def peak_memory_mb(self) -> float:
+        """Peak memory of one training step: what is live before it (weights, optimizer
+        state, batch) plus the most it allocates on top (activations, gradients)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.train_step()
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        live = sum(t.numel() * t.element_size() for t in _tensors(self.model, self.optimizer)) + self.x.nbytes + self.y.nbytes
+        return (live + _cpu_step_growth(self.train_step)) / 2**20
+
+
+def _tensors(model: nn.Module, optimizer: torch.optim.Optimizer):
+    yield from model.parameters()
+    yield from model.buffers()
+    for state in optimizer.state.values():
+        yield from (v for v in state.values() if torch.is_tensor(v))
+
+
+def _cpu_step_growth(fn: Callable[[], None]) -> int:
+    """The most bytes the CPU allocator holds on top of what was live when `fn` began,
+    from the profiler's allocation events (torch keeps no CPU memory statistics)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return max(totals, default=0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int) -> Callable[[], float]:
+    """One timing of a dense n x n matrix product (fp32 on the CPU, bf16 on a GPU)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+
+    def once() -> float:
+        a @ b  # warm
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        return 2 * n**3 / (time.perf_counter() - t) / 1e9
+
+    return once
+
+
+def data_pipeline(device: torch.device) -> Optional[Callable[[int], float]]:
+    """Images/s of the training data path for Fashion-MNIST under the convnext recipe's
+    augmentation at full strength (budget=paper), batch 256: batching, crop and flip,
+    RandAugment, erasing, MixUp/CutMix, channels-last. None if the data is missing."""
+    from roadmap.train import Data
+
+    run = validate(compose("separate_downsampling", "budget=paper", "recipe.batch_size=256"))
+    try:
+        data = Data(run, device, 0, 1, 256)
+    except ConfigError:
+        return None
+    g = torch.Generator().manual_seed(0)
+    stream = [data.augmented_batches(0, 0, g)]
+
+    def images_per_s(batches: int) -> float:
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(batches):
+            try:
+                x, labels = next(stream[0])
+            except StopIteration:
+                stream[0] = data.augmented_batches(1, 0, g)
+                x, labels = next(stream[0])
+            x, _ = data.augment.mix_batch(x, labels)
+            x.contiguous(memory_format=torch.channels_last)
+        _sync(device)
+        return batches * 256 / (time.perf_counter() - t)
+
+    return images_per_s
+
+
+def _count_job(job) -> None:
+    step, regime = job
+    complexity(compose(step, f"regime={regime}", "data=imagenet"), 224)
+
+
+def time_counting() -> float:
+    """Seconds to compose and count params + MACs of every step of r50 and r200."""
+    t = time.perf_counter()
+    map_steps(_count_job, [(step, regime) for regime in ("r50", "r200") for step in STEPS])
+    return time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(cfg: BenchConfig) -> Dict:
+    device = torch.device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif device.type == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    counting = time_counting() if cfg.count else None
+
+    todo = entries(cfg)
+    matmul = matmul_gflops(device, 8192 if device.type == "cuda" else 2048)
+    pipeline = data_pipeline(device) if cfg.data and "micro" in cfg.regimes else None
+    matmul_rates, data_rates = [], []
+    for regime in cfg.regimes:  # one regime's networks at a time: all of r50 with AdamW state is ~7 GB
+        group = [e for e in todo if e.regime == regime]
+        runners = [prepare(e, device, cfg) for e in group]
+        for rep in range(cfg.reps):  # interleaved: every network sees the machine in the same states
+            matmul_rates.append(matmul())
+            if pipeline is not None and regime == "micro":
+                data_rates.append(pipeline(20))
+            for e, r in zip(group, runners):
+                it, ii = e.result["iters"]
+                e.result.setdefault("train_s", []).append(r.seconds(r.train_step, it))
+                e.result.setdefault("infer_s", []).append(r.seconds(r.infer_step, ii))
+            print(f"  {regime}: repetition {rep + 1}/{cfg.reps} done", flush=True)
+        del runners
+
+    peak = statistics.median(matmul_rates)
+    for e in todo:
+        res = e.result
+        res["train_img_s"] = res["batch"] / statistics.median(res["train_s"])
+        res["infer_img_s"] = res["batch"] / statistics.median(res["infer_s"])
+        res["train_gflop_s"] = 6 * res["gmacs"] * res["train_img_s"]
+        res["matmul_share"] = res["train_gflop_s"] / peak
+    by_key = {(e.regime, e.name, e.impl, e.compiled): e for e in todo}
+    for e in todo:
+        if e.ours:
+            ours = by_key[(e.regime, e.ours, "roadmap", e.compiled)].result
+            e.result["ratio_train"] = ours["train_img_s"] / e.result["train_img_s"]
+            e.result["ratio_infer"] = ours["infer_img_s"] / e.result["infer_img_s"]
+    return {"entries": todo, "matmul_gflops": peak, "data_img_s": statistics.median(data_rates) if data_rates else None,
+            "counting_s": counting}
+
+
+def prepare(e: Entry, device: torch.device, cfg: BenchConfig) -> Runner:
+    """Build, check, warm up and size one network's measurement."""
+    resolution, batch = SHAPES[cfg.device][e.regime]
+    mcfg = model_config(compose(e.ours or e.name, *_overrides(e.regime, cfg.device)))
+    r = Runner(e, device, batch, resolution, mcfg.in_chans, mcfg.num_classes)
+    e.result.update(params=sum(p.numel() for p in r.model.parameters()), batch=batch, resolution=resolution)
+    e.result["gmacs"] = complexity(mcfg, resolution).gmacs
+    if e.ours:
+        e.result["same_network"] = _same_network(ConvNet(mcfg), r.model)
+    for _ in range(2):
+        r.train_step()
+        r.infer_step()
+    e.result["peak_memory_mb"] = r.peak_memory_mb()
+    t_train, t_infer = r.seconds(r.train_step, 1), r.seconds(r.infer_step, 1)
+    e.result["iters"] = (max(1, round(cfg.seconds / t_train)), max(1, round(cfg.seconds / t_infer)))
+    print(f"  ready {e.regime:5s} {e.impl:11s} {e.name}{' (compiled)' if e.compiled else ''}", flush=True)
+    return r
+
+
+def _same_network(ours: nn.Module, ref: nn.Module) -> bool:
+    try:
+        import_weights(ours, ref.state_dict())
+    except WeightImportError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- the report
+
+COLUMNS = [
+    ("regime", "regime", "{}"), ("network", "network", "{}"), ("impl", "implementation", "{}"),
+    ("params_m", "params (M)", "{:.2f}"), ("gmacs", "GMACs", "{:.4g}"), ("batch", "batch", "{}"),
+    ("train_img_s", "train img/s", "{:.0f}"), ("infer_img_s", "infer img/s", "{:.0f}"),
+    ("train_gflop_s", "train GFLOP/s", "{:.1f}"), ("matmul_pct", "% of matmul", "{:.0f}%"),
+    ("peak_memory_mb", "peak MB", "{:.0f}"), ("ratio_train", "ours/this train", "{:.2f}"),
+    ("ratio_infer", "ours/this infer", "{:.2f}"),
+]
+
+
+def rows(result: Dict) -> List[Dict]:
+    out = []
+    for e in result["entries"]:
+        r = e.result
+        name = f"{e.name}{' (compiled)' if e.compiled else ''}"
+        if e.ours:
+            name = f"{name} (same network: {'yes' if r['same_network'] else 'NO'})"
+        out.append({
+            "regime": f"{e.regime} @{r['resolution']}", "network": name, "impl": e.impl, "params_m": r["params"] / 1e6,
+            "gmacs": r["gmacs"], "batch": r["batch"], "train_img_s": r["train_img_s"], "infer_img_s": r["infer_img_s"],
+            "train_gflop_s": r["train_gflop_s"], "matmul_pct": 100 * r["matmul_share"], "peak_memory_mb": r["peak_memory_mb"],
+            "ratio_train": r.get("ratio_train"), "ratio_infer": r.get("ratio_infer"),
+        })
+    return out
+
+
+def markdown(table: List[Dict]) -> str:
+    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * len(COLUMNS)]
+    for row in table:
+        cells = ["" if row[k] is None else fmt.format(row[k]) for k, _, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(result: Dict, device: str) -> List[str]:
+    """The issue's targets, each with the measured figure and PASS or MISS."""
+    entries = result["entries"]
+    lines = []
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    lines.append(f"dense matmul ({'bf16 8192' if device == 'cuda' else 'fp32 2048'}^2): {result['matmul_gflops']:.1f} GFLOP/s (median)")
+    refs = [e for e in entries if e.ours and e.regime in ("micro", "r50")]
+    for e in refs:
+        r = e.result
+        ok = r["ratio_train"] >= 1.0 and r["ratio_infer"] >= 1.0
+        lines.append(f"ours / {e.impl} {e.name} ({e.regime}{', compiled' if e.compiled else ''}): train {r['ratio_train']:.2f}, "
+                     f"inference {r['ratio_infer']:.2f} (target >= 1.0): {verdict(ok)}")
+    r50 = [e for e in entries if e.regime == "r50" and e.impl == "roadmap" and not e.compiled]
+    if r50 and device == "cpu":
+        worst = min(r50, key=lambda e: e.result["matmul_share"])
+        lines.append(f"r50 training FLOP rate: lowest {100 * worst.result['matmul_share']:.0f}% of matmul ({worst.name}), "
+                     f"median {100 * statistics.median(e.result['matmul_share'] for e in r50):.0f}% (target >= 35%): "
+                     f"{verdict(worst.result['matmul_share'] >= 0.35)}")
+    micro = [e for e in entries if e.regime == "micro" and e.impl == "roadmap"]
+    if result["data_img_s"] is not None and micro:
+        fastest = max(micro, key=lambda e: e.result["train_img_s"])
+        ratio = result["data_img_s"] / fastest.result["train_img_s"]
+        lines.append(f"data pipeline (Fashion-MNIST, convnext recipe augmentation, batch 256): {result['data_img_s']:.0f} img/s = "
+                     f"{ratio:.1f}x the fastest micro training ({fastest.name}, {fastest.result['train_img_s']:.0f} img/s) "
+                     f"(target >= 10x): {verdict(ratio >= 10)}")
+    elif micro:
+        lines.append("data pipeline: not measured (no Fashion-MNIST here: make data)")
+    if result["counting_s"] is not None:
+        lines.append(f"compose + count params and MACs of all {2 * len(STEPS)} steps of r50 and r200: {result['counting_s']:.2f} s "
+                     f"(target <= 5 s): {verdict(result['counting_s'] <= 5)}")
+    if device == "cuda":
+        for e in entries:
+            if e.regime == "r50" and e.name == "separate_downsampling" and e.impl == "roadmap":
+                lines.append(f"ConvNeXt-T inference{' (compiled)' if e.compiled else ''}: {e.result['infer_img_s']:.0f} img/s, "
+                             f"paper (A100, TF32): {PAPER_A100_CONVNEXT_T} img/s")
+    return lines
+
+
+def machine(device: torch.device) -> str:
+    import timm
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
+    return (f"{where}; python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+            f"timm {timm.__version__}")
+
+
+def report(result: Dict, cfg: BenchConfig, command: str) -> str:
+    device = torch.device(cfg.device)
+    lines = [f"Machine: {machine(device)}", f"Command: `{command}`",
+             f"Train step: forward, cross-entropy, backward, AdamW; {'bf16 autocast, ' if cfg.device == 'cuda' else ''}"
+             f"channels-last; median of {cfg.reps} interleaved repetitions.", "",
+             markdown(rows(result)), "", *[f"- {t}" for t in targets(result, cfg.device)]]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: Dict, cfg: BenchConfig, text: str) -> List[Path]:
+    import pandas as pd
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv = out / f"bench_{cfg.device}.md", out / f"bench_{cfg.device}.csv"
+    md.write_text(text)
+    pd.DataFrame(rows(result)).to_csv(csv, index=False)
+    return [md, csv]
+
+
+def parse(argv: List[str]) -> BenchConfig:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(BenchConfig), OmegaConf.from_dotlist(argv))
+        cfg: BenchConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{str(e).splitlines()[0]}: see python -m roadmap.bench --help") from e
+    if cfg.device not in SHAPES:
+        raise ConfigError(f"device={cfg.device} is not valid: choose cpu or cuda")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible: use device=cpu")
+    bad = [r for r in cfg.regimes if r not in SHAPES[cfg.device]]
+    if bad:
+        raise ConfigError(f"regimes has '{bad[0]}': choose from {', '.join(SHAPES[cfg.device])}")
+    if cfg.reps < 1:
+        raise ConfigError(f"reps={cfg.reps} is not valid: give at least 1")
+    expand_steps(cfg.steps)  # an unknown step fails here, naming the valid ones
+    return cfg
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = read_argv(__doc__, "steps=resnet reps=1", argv)
+    with one_line_errors():
+        cfg = parse(argv)
+        try:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"out={cfg.out} cannot be created ({e.strerror}): choose a writable directory") from e
+    result = run(cfg)
+    text = report(result, cfg, "python -m roadmap.bench " + " ".join(argv))
+    print(text)
+    for path in write(result, cfg, text):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
