@@ -24,6 +24,7 @@ The table is printed and written to <out>/bench_<device>.md and .csv.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -130,11 +131,13 @@ def timm_convnext(cfg: ModelConfig) -> nn.Module:
                     drop_path_rate=cfg.drop_path_rate, ls_init_value=cfg.layer_scale, patch_size=cfg.patch_size)
 
 
+HAS_TIMM = importlib.util.find_spec("timm") is not None  # a test extra: without it, torchvision's references only
+
 # Each end's references: (implementation, builder, whether it can build this config).
 REFERENCES = {
     "resnet": [("torchvision", torchvision_resnet, lambda c: True),
-               ("timm", timm_resnet, lambda c: c.widths[0] == 64)],  # timm's stem is 64 channels whatever the widths
-    "separate_downsampling": [("torchvision", torchvision_convnext, lambda c: True), ("timm", timm_convnext, lambda c: True)],
+               ("timm", timm_resnet, lambda c: HAS_TIMM and c.widths[0] == 64)],  # timm's stem is 64 channels whatever the widths
+    "separate_downsampling": [("torchvision", torchvision_convnext, lambda c: True), ("timm", timm_convnext, lambda c: HAS_TIMM)],
 }
 
 
@@ -451,13 +454,20 @@ def targets(result: Dict, device: str) -> List[str]:
 
 
 def machine(device: torch.device) -> str:
-    import timm
-
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
     return (f"{where}; python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-            f"timm {timm.__version__}")
+            f"timm {_version('timm')}")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def report(result: Dict, cfg: BenchConfig, command: str) -> str:
@@ -488,6 +498,10 @@ def parse(argv: List[str]) -> BenchConfig:
         raise ConfigError(f"{str(e).splitlines()[0]}: see python -m roadmap.bench --help") from e
     if cfg.device not in SHAPES:
         raise ConfigError(f"device={cfg.device} is not valid: choose cpu or cuda")
+    given = {a.split("=", 1)[0] for a in argv}
+    if cfg.device == "cuda":  # the GPU table: ResNet-50 and ConvNeXt-T at 224, unless asked otherwise
+        cfg.regimes = cfg.regimes if "regimes" in given else ["r50"]
+        cfg.steps = cfg.steps if "steps" in given else ",".join(ENDS)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is visible: use device=cpu")
     bad = [r for r in cfg.regimes if r not in SHAPES[cfg.device]]
@@ -508,7 +522,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except OSError as e:
             raise ConfigError(f"out={cfg.out} cannot be created ({e.strerror}): choose a writable directory") from e
     result = run(cfg)
-    text = report(result, cfg, "python -m roadmap.bench " + " ".join(argv))
+    text = report(result, cfg, " ".join(["python -m roadmap.bench", *argv]))
     print(text)
     for path in write(result, cfg, text):
         print(f"wrote {path}")

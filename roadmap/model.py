@@ -159,8 +159,8 @@ class ModelConfig:
 class PointwiseConv(nn.Conv2d):
     """A 1x1 conv: one linear map of the channels at every position (Section 2.4 counts
     the ConvNeXt block's 1x1 convs as its MLP). On a channels-last tensor it runs as that
-    matmul, through free permutes, which is 1.1-1.4x faster on the CPU than the conv
-    kernel for the small layers of this study; other layouts take the conv kernel."""
+    matmul, through free permutes: on the CPU the conv kernel takes 1.7x as long for the
+    small 1x1 layers of the micro study (BENCHMARKS.md). Other layouts take the conv kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_contiguous(memory_format=torch.channels_last):
