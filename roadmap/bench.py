@@ -32,7 +32,6 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -44,7 +43,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from roadmap.cli import one_line_errors, read_argv
-from roadmap.complexity import complexity, map_steps
+from roadmap.complexity import complexity, count_steps
 from roadmap.config import STEPS, ConfigError, compose, expand_steps, model_config, validate
 from roadmap.model import BlockType, ConvNet, ModelConfig
 from roadmap.weights import WeightImportError, import_weights
@@ -82,7 +81,8 @@ class Entry:
     regime: str
     name: str  # the step, or the reference's name
     impl: str  # roadmap, torchvision or timm
-    build: Callable[[], nn.Module]
+    build: Callable[[ModelConfig], nn.Module]
+    cfg: ModelConfig  # the step's network (a reference is built from the same config)
     ours: Optional[str] = None  # a reference: the step it is the same network as
     compiled: bool = False
     result: Dict = field(default_factory=dict)
@@ -152,15 +152,14 @@ def entries(cfg: BenchConfig) -> List[Entry]:
     for regime in cfg.regimes:
         steps = expand_steps(cfg.steps) if regime != "r200" else [s for s in ENDS if s in expand_steps(cfg.steps)] or list(ENDS)
         for step in steps:
-            composed = compose(step, *_overrides(regime, cfg.device))
-            mcfg = model_config(composed)
+            mcfg = model_config(compose(step, *_overrides(regime, cfg.device)))
             variants = [False, True] if cfg.device == "cuda" else [False]
             for compiled in variants:
-                out.append(Entry(regime, step, "roadmap", partial(ConvNet, mcfg), compiled=compiled))
+                out.append(Entry(regime, step, "roadmap", ConvNet, mcfg, compiled=compiled))
                 if cfg.references:
                     for impl, build, fits in REFERENCES.get(step, []):
                         if fits(mcfg):
-                            out.append(Entry(regime, step, impl, partial(build, mcfg), ours=step, compiled=compiled))
+                            out.append(Entry(regime, step, impl, build, mcfg, ours=step, compiled=compiled))
     return out
 
 
@@ -173,7 +172,7 @@ class Runner:
     def __init__(self, entry: Entry, device: torch.device, batch: int, resolution: int, in_chans: int, num_classes: int):
         self.device = device
         torch.manual_seed(0)
-        self.model = entry.build().to(device, memory_format=torch.channels_last)
+        self.model = entry.build(entry.cfg).to(device, memory_format=torch.channels_last)
         self.net = torch.compile(self.model) if entry.compiled else self.model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         g = torch.Generator().manual_seed(0)
@@ -290,15 +289,11 @@ def data_pipeline(device: torch.device) -> Optional[Callable[[int], float]]:
     return images_per_s
 
 
-def _count_job(job) -> None:
-    step, regime = job
-    complexity(compose(step, f"regime={regime}", "data=imagenet"), 224)
-
-
 def time_counting() -> float:
     """Seconds to compose and count params + MACs of every step of r50 and r200."""
     t = time.perf_counter()
-    map_steps(_count_job, [(step, regime) for regime in ("r50", "r200") for step in STEPS])
+    for regime in ("r50", "r200"):
+        count_steps(STEPS, f"regime={regime}", "data=imagenet", resolution=224)
     return time.perf_counter() - t
 
 
@@ -351,7 +346,7 @@ def run(cfg: BenchConfig) -> Dict:
 def prepare(e: Entry, device: torch.device, cfg: BenchConfig) -> Runner:
     """Build, check, warm up and size one network's measurement."""
     resolution, batch = SHAPES[cfg.device][e.regime]
-    mcfg = model_config(compose(e.ours or e.name, *_overrides(e.regime, cfg.device)))
+    mcfg = e.cfg
     r = Runner(e, device, batch, resolution, mcfg.in_chans, mcfg.num_classes)
     e.result.update(params=sum(p.numel() for p in r.model.parameters()), batch=batch, resolution=resolution)
     e.result["gmacs"] = complexity(mcfg, resolution).gmacs
