@@ -45,7 +45,7 @@ from torch import nn
 from roadmap.cli import one_line_errors, read_argv
 from roadmap.complexity import complexity, count_steps
 from roadmap.config import STEPS, ConfigError, compose, expand_steps, model_config, validate
-from roadmap.model import BlockType, ConvNet, ModelConfig
+from roadmap.model import ConvNet, ModelConfig
 from roadmap.weights import WeightImportError, import_weights
 
 # (resolution, batch) per regime and device: the same for ours and the references.
