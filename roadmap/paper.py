@@ -1,6 +1,6 @@
 """The paper's numbers: Tables 10 and 11 of Liu et al. (2022), Appendix C.
 
-`roadmap/data/paper_roadmap.csv` holds one row per step and regime: ImageNet-1K top-1,
+`roadmap/paper_roadmap.csv` holds one row per step and regime: ImageNet-1K top-1,
 its std over 3 seeds where the paper gives it, and GFLOPs (multiply-accumulates) at
 224x224, plus the Swin-T / Swin-B reference rows (order left empty).
 """
@@ -34,7 +34,7 @@ class PaperRow:
 
 
 def _load() -> Dict[Tuple[str, str], PaperRow]:
-    text = resources.files("roadmap").joinpath("data/paper_roadmap.csv").read_text()
+    text = resources.files("roadmap").joinpath("paper_roadmap.csv").read_text()
     rows = {}
     for r in csv.DictReader(text.splitlines()):
         rows[(r["regime"], r["step"])] = PaperRow(
