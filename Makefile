@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: train every step of the roadmap on the embedded default study
-# (Fashion-MNIST, micro regime): about 13 minutes on 2 CPU cores. Running it again
-# skips what finished and resumes what was interrupted.
+# (Fashion-MNIST, micro regime): about 13 minutes on 2 CPU cores. The runs land in
+# runs/fashion_mnist_micro/ (ignored by git). Running it again skips what finished and
+# resumes what was interrupted.
 run: setup data
 	$(PY) -m roadmap.sweep +step=all
 
-# The figures and tables of every study under experiments/ (nothing is trained).
+# The figures and tables of every study under runs/ (yours) and experiments/ (the
+# committed reference studies); nothing is trained.
 plots: setup
 	$(PY) -m analysis.plots
 
@@ -55,4 +57,4 @@ test: setup data
 	$(PY) -m pytest -n 2 -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache outputs multirun
+	rm -rf $(VENV) .pytest_cache outputs multirun  # runs/ holds your studies: delete it yourself
