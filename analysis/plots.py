@@ -1,9 +1,10 @@
 """The paper's figures for a study's logged results.
 
-    python -m analysis.plots                       # every study under experiments/
+    python -m analysis.plots                       # every study under runs/ and experiments/
     python -m analysis.plots experiments/fashion_mnist_micro
 
-Writes into <study>/figures/, as PNG and PDF:
+Writes into <study>/figures/, as PNG and PDF (a study that sweeps other keys gets each
+figure once per value, named after it: figure2__recipe.lr=0.001.png):
   figure2        the paper's Figure 2 for this study: one bar per step, grouped as in the
                  paper, top-1 with a seed error bar, GMACs beside each bar, side branches
                  marked as not adopted, and the paper's ImageNet top-1 beside it;
@@ -40,6 +41,7 @@ GROUPS = [
 GROUP_OF = {s: g for g, steps in GROUPS for s in steps}
 COLOURS = dict(zip([g for g, _ in GROUPS], ["#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#d62728"]))
 ADOPTED = "#444444"
+ROOTS = ("runs", "experiments")  # where make plots looks for studies: users' runs, committed reference studies
 
 
 def _save(fig, out: Path, name: str) -> List[Path]:
@@ -52,10 +54,11 @@ def _save(fig, out: Path, name: str) -> List[Path]:
 
 
 def _title(table: pd.DataFrame) -> str:
-    return f"{table['study'].iloc[0]} (regime {table['regime'].iloc[0]})"
+    values = results.variant_name({k: table[k].iloc[0] for k in results.swept_keys(table)})
+    return f"{table['study'].iloc[0]}{', ' + values if values else ''} (regime {table['regime'].iloc[0]})"
 
 
-def figure2(table: pd.DataFrame, out: Path) -> List[Path]:
+def figure2(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     t = table.sort_values("order").reset_index(drop=True)
     ref = "r200" if t["regime"].iloc[0] == "r200" else "r50"
     n = len(t)
@@ -94,10 +97,10 @@ def figure2(table: pd.DataFrame, out: Path) -> List[Path]:
     ax.text(1.0, 1.0, "MACs/image →", transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="#777777")
     fig.suptitle(f"Modernizing a ResNet toward a ConvNeXt: {_title(t)}", fontsize=12)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _save(fig, out, "figure2")
+    return _save(fig, out, "figure2" + suffix)
 
 
-def path_plot(table: pd.DataFrame, out: Path) -> List[Path]:
+def path_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     t = table.sort_values("order").reset_index(drop=True)
     scale, unit = (1e3, "MMACs") if t["gmacs"].max() < 0.1 else (1.0, "GMACs")
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
@@ -117,10 +120,10 @@ def path_plot(table: pd.DataFrame, out: Path) -> List[Path]:
     ax.set_title(f"Accuracy against compute along the path: {_title(t)}", fontsize=11)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, out, "path")
+    return _save(fig, out, "path" + suffix)
 
 
-def delta_plot(table: pd.DataFrame, out: Path) -> List[Path]:
+def delta_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     t = table.sort_values("order").reset_index(drop=True).iloc[1:]
     ref = "r200" if t["regime"].iloc[0] == "r200" else "r50"
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(t) + 1.4))
@@ -136,10 +139,10 @@ def delta_plot(table: pd.DataFrame, out: Path) -> List[Path]:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, out, "deltas")
+    return _save(fig, out, "deltas" + suffix)
 
 
-def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path) -> List[Path]:
+def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     steps = [s for s in table.sort_values("order")["step"]]
     cmap = plt.get_cmap("viridis", max(len(steps), 2))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -158,25 +161,23 @@ def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path) -> List[Path
     a2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="step (mean over seeds)", title_fontsize=7)
     fig.suptitle(f"Training curves: {_title(table)}", fontsize=11)
     fig.tight_layout()
-    return _save(fig, out, "curves")
-
-
-def write_tables(table: pd.DataFrame, out: Path) -> List[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    table.sort_values("order")[results.TABLE_COLUMNS].to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(results.markdown_table(table) + "\n")
-    return [out / "table.md", out / "table.csv"]
+    return _save(fig, out, "curves" + suffix)
 
 
 def plot_study(study: Path) -> List[Path]:
     runs = results.load(study)
     if runs.empty:
         raise SystemExit(f"error: no runs under {study}: give a study directory such as experiments/fashion_mnist_micro")
-    table = results.step_table(runs)
     out = Path(study) / "figures"
-    written = write_tables(table, out)
-    written += figure2(table, out) + path_plot(table, out) + delta_plot(table, out)
-    written += curves_plot(results.history(study), table, out)
+    _, written = results.save_tables(runs, out, with_runs=False)
+    hist = results.history(study)
+    for values, table in results.variants(results.step_table(runs)):
+        suffix = "".join(f"__{k}={v}" for k, v in values.items())
+        curves = hist
+        for k, v in values.items():
+            curves = curves[curves[k] == v] if k in curves.columns else curves
+        written += figure2(table, out, suffix) + path_plot(table, out, suffix) + delta_plot(table, out, suffix)
+        written += curves_plot(curves, table, out, suffix)
     return written
 
 
@@ -186,10 +187,18 @@ def studies(args: Sequence[str]) -> List[Path]:
         if missing:
             raise SystemExit(f"error: {missing[0]} is not a directory: give study directories such as experiments/fashion_mnist_micro")
         return [Path(a) for a in args]
-    found = sorted({p.parent.parent.parent for p in Path("experiments").glob("*/*/seed*/summary.json")})
+    found = sorted({study_root(p.parent) for top in ROOTS for p in Path(top).rglob("summary.json")})
     if not found:
-        raise SystemExit("error: no studies under experiments/: run python -m roadmap.sweep +step=all first, or name a study")
+        raise SystemExit("error: no studies under runs/ or experiments/: run python -m roadmap.sweep +step=all first, or name a study")
     return found
+
+
+def study_root(run: Path) -> Path:
+    """The study directory a run belongs to: <study>/[<key>=<value>/ ...]<step>/seed<k>."""
+    folder = run.parent.parent
+    while "=" in folder.name:
+        folder = folder.parent
+    return folder
 
 
 def main(argv: Sequence[str] = ()) -> None:

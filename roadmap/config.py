@@ -140,7 +140,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     study: str = "${data.name}_${regime.name}"
-    """The study's name: its runs live in experiments/<study>/<step>/seed<k>/."""
+    """The study's name: its runs live in runs/<study>/<step>/seed<k>/ (swept keys add a level each)."""
 
     def __post_init__(self) -> None:
         m, d = self.model, self.data
@@ -168,7 +168,8 @@ def available_steps() -> List[str]:
     return list(STEPS) + [s for s in found if s not in STEPS]
 
 
-def _choices(group: str) -> List[str]:
+def options(group: str) -> List[str]:
+    """The options of a config group: its files in conf/<group>/."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
@@ -187,10 +188,13 @@ def expand_steps(spec: str) -> List[str]:
 
 
 def _check_group_choices(overrides: Sequence[str]) -> None:
-    for ov in overrides:
-        key, sep, value = ov.lstrip("+~").partition("=")
-        if sep and key in GROUPS and value not in _choices(key):
-            raise ConfigError(f"unknown {key} '{value}': choose one of {', '.join(_choices(key))}")
+    """An unknown option of a config group, named in one line (Hydra's own message spans several)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+        value = ov.value()
+        if ov.key_or_group in GROUPS and isinstance(value, str) and value not in options(ov.key_or_group):
+            raise ConfigError(f"unknown {ov.key_or_group} '{value}': choose one of {', '.join(options(ov.key_or_group))}")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -239,8 +243,8 @@ def compose(step: Optional[str] = None, *overrides: str) -> DictConfig:
 
 
 def _compose(overrides: List[str], with_hydra: bool = False) -> DictConfig:
-    _check_group_choices(overrides)
     try:
+        _check_group_choices(overrides)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
         if with_hydra:
@@ -254,10 +258,29 @@ def _compose(overrides: List[str], with_hydra: bool = False) -> DictConfig:
     return cfg
 
 
+def _usage(app: str) -> str:
+    """The usage text of an entry point (its module docstring), for Hydra's --help."""
+    import importlib
+
+    try:
+        return (importlib.import_module(f"roadmap.{app}").__doc__ or "").strip() + "\n"
+    except ImportError:
+        return f"{app}: a roadmap entry point\n"
+
+
+# conf/hydra/help/roadmap.yaml puts the entry point's usage above Hydra's listing of groups.
+OmegaConf.register_new_resolver("roadmap.usage", _usage, replace=True)
+
+
+def hydra_config(step: Optional[str], overrides: Sequence[str]) -> DictConfig:
+    """Hydra's own config (run and sweep directories, launcher, ...) for this step and these
+    overrides, hydra.* included."""
+    return _compose([*([f"+step={step}"] if step else []), *overrides], with_hydra=True).hydra
+
+
 def run_dir_of(step: str, overrides: Sequence[str]) -> Path:
     """The run directory Hydra will use for this step and these overrides (hydra.* included)."""
-    cfg = _compose([f"+step={step}", *overrides], with_hydra=True)
-    return Path(cfg.hydra.run.dir)
+    return Path(hydra_config(step, overrides).run.dir)
 
 
 def validate(cfg: DictConfig) -> RunConfig:

@@ -17,9 +17,9 @@ from functools import partial
 from typing import List
 
 from roadmap import paper
-from roadmap.cli import run, split_steps
+from roadmap.cli import CommandLine, run
 from roadmap.complexity import complexity, map_steps
-from roadmap.config import compose, model_config
+from roadmap.config import ConfigError, compose, model_config
 
 
 def table(steps: List[str], overrides: List[str]) -> List[dict]:
@@ -75,10 +75,11 @@ def render(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: List[str]) -> int:
-    steps, overrides = split_steps(argv)
-    steps = steps or ["resnet"]
-    print(render(table(steps, overrides)))
+def main(cmd: CommandLine) -> int:
+    swept = cmd.sweeps("step")
+    if swept:
+        raise ConfigError(f"{swept[0].input_line} sweeps values: inspect counts one config per step, give one value")
+    print(render(table(cmd.steps() or ["resnet"], cmd.app_lines("step"))))
     return 0
 
 

@@ -169,6 +169,14 @@ class PointwiseConv(nn.Conv2d):
             x = x[:, :, :: self.stride[0], :: self.stride[1]]
         return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
 
+    def _apply(self, fn, recurse: bool = True):
+        # A 1x1 kernel is the same memory in either layout, but .to(channels_last) gives it
+        # other strides than the gradient the matmul makes, and DDP's gradient buckets
+        # compare strides: keep the standard ones.
+        super()._apply(fn, recurse)
+        self.weight.data = self.weight.data.clone(memory_format=torch.contiguous_format)
+        return self
+
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW tensor, at each spatial position."""

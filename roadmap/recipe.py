@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -99,6 +99,22 @@ class RecipeConfig:
                 f"recipe.batch_size={self.batch_size} conflicts with recipe.device_batch={self.device_batch}: "
                 "the batch must be a whole number of device batches"
             )
+
+    def split(self, world: int) -> Tuple[int, int, int]:
+        """How `world` processes share a batch: (images per process, accumulation steps,
+        images per forward pass). ConfigError when the batch does not split evenly."""
+        per_rank = self.batch_size // world
+        if per_rank * world != self.batch_size:
+            raise ConfigError(
+                f"recipe.batch_size={self.batch_size} does not split over {world} processes: use a multiple of {world}"
+            )
+        if self.device_batch and per_rank > self.device_batch and per_rank % self.device_batch:
+            raise ConfigError(
+                f"recipe.batch_size={self.batch_size} over {world} processes is {per_rank} each, not a multiple of "
+                f"recipe.device_batch={self.device_batch}: choose sizes that divide"
+            )
+        accum = per_rank // self.device_batch if self.device_batch and per_rank > self.device_batch else 1
+        return per_rank, accum, per_rank // accum
 
     def scaled(self, value: float) -> float:
         return value * self.regularization

@@ -2,19 +2,22 @@
 
     import roadmap.results as R
     runs = R.load("experiments/fashion_mnist_micro")      # a study, a run directory, or a glob
-    curves = R.history("experiments/*")                    # per-epoch, long form
+    curves = R.history("runs/*")                           # per-epoch, long form
     R.step_table(runs)                                     # per step: mean and std over seeds, beside the paper
 
 Runs still training show status `running` with the epochs they finished; failed and
-diverged runs keep their status and whatever they measured.
+diverged runs keep their status and whatever they measured. A study that sweeps more
+than steps and seeds (runs/<study>/recipe.lr=0.001/<step>/seed0/) gets one column per
+swept key (`recipe.lr`), and the step table one block of rows per value.
 """
 
 from __future__ import annotations
 
 import glob as globlib
 import json
+import re
 from pathlib import Path
-from typing import Iterable, List, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -25,7 +28,7 @@ from roadmap.config import PARENTS, SIDE_BRANCHES, STEPS
 PathLike = Union[str, Path]
 
 RUN_COLUMNS = [
-    "study", "step", "order", "change", "regime", "data", "recipe", "seed", "status", "epochs_done", "epochs",
+    "study", "swept", "step", "order", "change", "regime", "data", "recipe", "seed", "status", "epochs_done", "epochs",
     "params", "gmacs", "top1", "top5", "best_top1", "images_per_s", "data_share", "peak_memory_mb", "wall_time_s", "run_dir",
 ]
 
@@ -53,86 +56,159 @@ def _flat_config(run: Path) -> dict:
     return {f"cfg.{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in flat.iloc[0].to_dict().items()}
 
 
+def layout(run: Path, step: Optional[str]) -> Tuple[str, Dict[str, Any]]:
+    """(study, swept values) of a run directory as the sweep lays them out:
+    <study>/[<key>=<value>/ ...]<step>/seed<k>. A run anywhere else is a study of its own."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not (step and run.parent.name == step and re.fullmatch(r"seed-?\d+", run.name)):
+        return run.name, {}
+    parser, swept, folder = OverridesParser.create(), {}, run.parent.parent
+    while "=" in folder.name:
+        try:
+            override = parser.parse_override(folder.name)
+        except Exception:  # a study whose own name has '=' in it
+            break
+        value = override.value()
+        swept[override.key_or_group] = value if isinstance(value, (str, int, float, bool)) else override.get_value_element_as_str()
+        folder = folder.parent
+    return folder.name, dict(reversed(list(swept.items())))
+
+
+def swept_keys(frame: pd.DataFrame) -> List[str]:
+    """The keys a study swept besides step and seed, in the order they came (the `swept`
+    column of load() and step_table(), a comma-separated list per row)."""
+    if "swept" not in frame.columns:
+        return []
+    return list(dict.fromkeys(k for keys in frame["swept"].dropna() for k in str(keys).split(",") if k))
+
+
 def load(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
-    """One row per run: the summary's figures and the run's config (`cfg.*` columns)."""
+    """One row per run: the summary's figures, one column per swept key (besides the
+    run columns regime, data and recipe, which a group sweep fills), and the run's config
+    (`cfg.*` columns)."""
+    rows = [_run_row(run) for run in run_dirs(paths)]
+    if not rows:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    keys = list(dict.fromkeys(k for row in rows for k in row["swept"]))
+    for row in rows:  # a run that did not sweep a key ran at its config's value
+        swept = row["swept"]
+        for k in keys:
+            row[k] = swept[k] if k in swept else row.get(f"cfg.{k}", row.get(f"cfg.{k}.name", row.get(k)))
+        row["swept"] = ",".join(keys)
+    df = pd.DataFrame(rows)
+    extra = [k for k in keys if k not in RUN_COLUMNS]
+    df = df[[*RUN_COLUMNS[:2], *extra, *RUN_COLUMNS[2:], *[c for c in df.columns if c.startswith("cfg.")]]]
+    return df.sort_values(["study", *keys, "order", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _run_row(run: Path) -> Dict[str, Any]:
     order = {s: i for i, s in enumerate(STEPS)}
-    rows = []
-    for run in run_dirs(paths):
-        s = rundir.read_summary(run) or {}
-        cfg = _flat_config(run)
-        step = s.get("step") or cfg.get("cfg.step.name")
-        rows.append({
-            "study": run.parent.parent.name, "step": step, "order": order.get(step, len(order)),
-            "change": s.get("change", cfg.get("cfg.step.change")), "regime": s.get("regime", cfg.get("cfg.regime.name")),
-            "data": s.get("data", cfg.get("cfg.data.name")), "recipe": s.get("recipe", cfg.get("cfg.recipe.name")),
-            "seed": s.get("seed", cfg.get("cfg.seed")), "status": s.get("status", "not started"),
-            "epochs_done": s.get("epochs_done", 0), "epochs": s.get("epochs", cfg.get("cfg.recipe.epochs")),
-            "params": s.get("params"), "gmacs": s.get("gmacs"), "top1": s.get("final_top1"), "top5": s.get("final_top5"),
-            "best_top1": s.get("best_top1"), "images_per_s": s.get("train_images_per_s"), "data_share": s.get("data_share"),
-            "peak_memory_mb": s.get("peak_memory_mb"), "wall_time_s": s.get("wall_time_s"), "run_dir": str(run), **cfg,
-        })
-    df = pd.DataFrame(rows, columns=RUN_COLUMNS if not rows else None)
-    if rows:
-        df = df.sort_values(["study", "order", "seed"], kind="stable").reset_index(drop=True)
-    return df
+    s = rundir.read_summary(run) or {}
+    cfg = _flat_config(run)
+    step = s.get("step") or cfg.get("cfg.step.name")
+    study, swept = layout(run, step)
+    return {
+        "study": study, "step": step, "order": order.get(step, len(order)),
+        "change": s.get("change", cfg.get("cfg.step.change")), "regime": s.get("regime", cfg.get("cfg.regime.name")),
+        "data": s.get("data", cfg.get("cfg.data.name")), "recipe": s.get("recipe", cfg.get("cfg.recipe.name")),
+        "seed": s.get("seed", cfg.get("cfg.seed")), "status": s.get("status", "not started"),
+        "epochs_done": s.get("epochs_done", 0), "epochs": s.get("epochs", cfg.get("cfg.recipe.epochs")),
+        "params": s.get("params"), "gmacs": s.get("gmacs"), "top1": s.get("final_top1"), "top5": s.get("final_top5"),
+        "best_top1": s.get("best_top1"), "images_per_s": s.get("train_images_per_s"), "data_share": s.get("data_share"),
+        "peak_memory_mb": s.get("peak_memory_mb"), "wall_time_s": s.get("wall_time_s"), "run_dir": str(run),
+        "swept": swept, **cfg,
+    }
 
 
 def history(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
-    """One row per run, epoch and metric: study, step, seed, epoch, metric, value."""
+    """One row per run, epoch and metric: study, swept keys, step, seed, epoch, metric, value."""
     rows = []
     for run in run_dirs(paths):
         s = rundir.read_summary(run) or {}
         metrics = run / rundir.METRICS
         if not metrics.exists():
             continue
-        for line in metrics.read_text().splitlines():
-            if not line.strip():
+        step = s.get("step", run.parent.name)
+        study, swept = layout(run, step)
+        for text in metrics.read_text().splitlines():
+            if not text.strip():
                 continue
-            rec = json.loads(line)
+            rec = json.loads(text)
             for key, value in rec.items():
                 if key != "epoch":
-                    rows.append({"study": run.parent.parent.name, "step": s.get("step", run.parent.name), "seed": s.get("seed"),
+                    rows.append({"study": study, **swept, "step": step, "seed": s.get("seed"),
                                  "epoch": rec["epoch"], "metric": key, "value": value})
-    return pd.DataFrame(rows, columns=["study", "step", "seed", "epoch", "metric", "value"])
+    columns = ["study", "step", "seed", "epoch", "metric", "value"]
+    df = pd.DataFrame(rows, columns=None if rows else columns)
+    return df[[c for c in df.columns if c not in columns[1:]] + columns[1:]]
 
 
 def step_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per study and step: top-1 mean and std over completed seeds, the change
-    from the step it builds on, and the paper's top-1 and change (r50's column for the
-    micro regime, which follows r50's path)."""
-    out = []
-    for study, group in runs.groupby("study", sort=False):
-        means = {}
-        for step, g in sorted(group.groupby("step"), key=lambda kv: kv[1]["order"].iloc[0]):
-            done = g[g["status"] == "completed"]
-            regime = g["regime"].iloc[0]
-            ref_regime = "r200" if regime == "r200" else "r50"
-            ref, parent = paper.row(ref_regime, step), PARENTS.get(step)
-            parent_ref = paper.row(ref_regime, parent) if parent else None
-            mean = done["top1"].mean() if len(done) else float("nan")
-            means[step] = mean
-            out.append({
-                "study": study, "step": step, "order": g["order"].iloc[0], "change": g["change"].iloc[0],
-                "side_branch": step in SIDE_BRANCHES, "builds_on": parent, "regime": regime,
-                "params_m": g["params"].iloc[0] / 1e6 if g["params"].notna().any() else float("nan"),
-                "gmacs": g["gmacs"].iloc[0], "top1_mean": mean,
-                "top1_std": done["top1"].std(ddof=1) if len(done) > 1 else (0.0 if len(done) == 1 else float("nan")),
-                "seeds": len(done), "runs": len(g),
-                "delta": mean - means[parent] if parent in means else float("nan"),
-                "images_per_s": done["images_per_s"].mean() if len(done) else float("nan"),
-                "paper_top1": ref.top1 if ref else float("nan"),
-                "paper_top1_std": ref.top1_std if ref and ref.top1_std is not None else float("nan"),
-                "paper_gflops": ref.gflops if ref else float("nan"),
-                "paper_delta": ref.top1 - parent_ref.top1 if (ref and parent_ref) else float("nan"),
-                "statuses": ", ".join(f"{k}: {v}" for k, v in g["status"].value_counts().items()),
-            })
+    """One row per study, swept value and step: top-1 mean and std over completed seeds,
+    the change from the step it builds on, and the paper's top-1 and change (r50's column
+    for the micro regime, which follows r50's path)."""
+    keys = ["study", *swept_keys(runs)]
+    out: List[dict] = []
+    for values, group in runs.groupby(keys, sort=False, dropna=False):
+        out.extend(_step_rows(group, {**dict(zip(keys, values)), "swept": ",".join(keys[1:])}))
     return pd.DataFrame(out)
 
 
+def _step_rows(group: pd.DataFrame, values: Dict[str, Any]) -> List[dict]:
+    out, means = [], {}
+    for step, g in sorted(group.groupby("step"), key=lambda kv: kv[1]["order"].iloc[0]):
+        done = g[g["status"] == "completed"]
+        regime = g["regime"].iloc[0]
+        ref_regime = "r200" if regime == "r200" else "r50"
+        ref, parent = paper.row(ref_regime, step), PARENTS.get(step)
+        parent_ref = paper.row(ref_regime, parent) if parent else None
+        mean = done["top1"].mean() if len(done) else float("nan")
+        means[step] = mean
+        out.append({
+            **values, "step": step, "order": g["order"].iloc[0], "change": g["change"].iloc[0],
+            "side_branch": step in SIDE_BRANCHES, "builds_on": parent, "regime": regime,
+            "params_m": g["params"].iloc[0] / 1e6 if g["params"].notna().any() else float("nan"),
+            "gmacs": g["gmacs"].iloc[0], "top1_mean": mean,
+            "top1_std": done["top1"].std(ddof=1) if len(done) > 1 else (0.0 if len(done) == 1 else float("nan")),
+            "seeds": len(done), "runs": len(g),
+            "delta": mean - means[parent] if parent in means else float("nan"),
+            "images_per_s": done["images_per_s"].mean() if len(done) else float("nan"),
+            "paper_top1": ref.top1 if ref else float("nan"),
+            "paper_top1_std": ref.top1_std if ref and ref.top1_std is not None else float("nan"),
+            "paper_gflops": ref.gflops if ref else float("nan"),
+            "paper_delta": ref.top1 - parent_ref.top1 if (ref and parent_ref) else float("nan"),
+            "statuses": ", ".join(f"{k}: {v}" for k, v in g["status"].value_counts().items()),
+        })
+    return out
+
+
+def variants(table: pd.DataFrame) -> List[Tuple[Dict[str, Any], pd.DataFrame]]:
+    """The step table split by the values of the swept keys: [(values, rows)], one block
+    per combination ([({}, table)] for a study that swept only steps and seeds)."""
+    keys = swept_keys(table)
+    if not keys or table.empty:
+        return [({}, table)]
+    return [(dict(zip(keys, v)), g) for v, g in table.groupby(keys, sort=False, dropna=False)]
+
+
+def variant_name(values: Dict[str, Any]) -> str:
+    """'model.kernel_size=5, recipe.lr=0.001' for a block of the step table ('' for none)."""
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
 def markdown_table(table: pd.DataFrame) -> str:
-    """The step table as Markdown: ours beside the paper's."""
+    """The step table as Markdown, ours beside the paper's; one table per swept value."""
     if table.empty:
         return "(no runs)"
+    blocks = []
+    for values, rows in variants(table):
+        head = [f"**{variant_name(values)}**", ""] if values else []
+        blocks.append("\n".join(head + _markdown_rows(rows)))
+    return "\n\n".join(blocks)
+
+
+def _markdown_rows(table: pd.DataFrame) -> List[str]:
     ref = "r200" if table["regime"].iloc[0] == "r200" else "r50"
     f = lambda v, spec: "" if pd.isna(v) else format(v, spec)  # noqa: E731
     lines = [
@@ -145,8 +221,26 @@ def markdown_table(table: pd.DataFrame) -> str:
             f"| {f(r['top1_std'], '.2f')} | {r['seeds']}/{r['runs']} | {f(r['delta'], '+.2f')} | {f(r['images_per_s'], '.0f')} "
             f"| {f(r['paper_top1'], '.2f')} | {f(r['paper_delta'], '+.2f')} |"
         )
-    return "\n".join(lines)
+    return lines
 
 
 TABLE_COLUMNS = ["step", "change", "builds_on", "params_m", "gmacs", "top1_mean", "top1_std", "seeds", "runs", "delta",
                  "images_per_s", "paper_top1", "paper_delta", "statuses"]
+
+
+def save_tables(runs: pd.DataFrame, folder: Path, with_runs: bool = True) -> Tuple[str, List[Path]]:
+    """table.md and table.csv (per swept value and step) and, `with_runs`, results.csv (one
+    row per run) into `folder`, each replaced atomically; returns the Markdown and the paths."""
+    table = step_table(runs)
+    text = markdown_table(table)
+    folder = Path(folder)
+    keys = [k for k in swept_keys(runs) if k not in TABLE_COLUMNS]
+    files = {
+        folder / "table.md": text + "\n",
+        folder / "table.csv": table[[*keys, *TABLE_COLUMNS]].to_csv(index=False) if not table.empty else "",
+    }
+    if with_runs:
+        files[folder / "results.csv"] = runs[[c for c in runs.columns if not c.startswith("cfg.")]].to_csv(index=False)
+    for path, content in files.items():
+        rundir.atomic_write(path, content.encode())
+    return text, list(files)

@@ -6,20 +6,24 @@ moment leaves every file whole.
     summary.json     status (running, completed, diverged, failed) and the final figures
     checkpoint.pt    the state after the last finished epoch
     error.txt        the traceback of a failed run
+    .lock            held (flock) by the one process that trains the run; names it
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import IO, Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG, METRICS, SUMMARY, CHECKPOINT, ERROR = "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "error.txt"
+CONFIG, METRICS, SUMMARY, CHECKPOINT, ERROR, LOCK = (
+    "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "error.txt", ".lock")
 FINISHED = ("completed", "diverged")
 
 # Keys that do not change what a run computes: a run may resume with other values.
@@ -122,3 +126,44 @@ def check_writable(run_dir: Path) -> None:
             pass
     except OSError as e:
         raise RunDirError(f"cannot write to the run directory {run_dir} ({e.strerror}): choose a writable hydra.run.dir") from e
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def _try_lock(run_dir: Path) -> Optional[IO]:
+    lock = open(Path(run_dir) / LOCK, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
+def claim(run_dir: Path) -> Optional[IO]:
+    """Take the run's lock without waiting: the open lock file (keep it open while training,
+    close it to release), or None when another process holds it. The kernel releases the
+    lock of a process that dies, SIGKILL included, so a lock is never stale."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    lock = _try_lock(run_dir)
+    if lock is not None:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+    return lock
+
+
+def holder(run_dir: Path) -> Optional[str]:
+    """Who trains the run now ('pid 123 on node1'), or None when nobody holds its lock."""
+    if not (Path(run_dir) / LOCK).exists():
+        return None
+    lock = _try_lock(run_dir)
+    if lock is not None:
+        lock.close()
+        return None
+    try:
+        return (Path(run_dir) / LOCK).read_text().strip() or "another process"
+    except OSError:
+        return "another process"

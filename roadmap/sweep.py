@@ -1,204 +1,316 @@
-"""Train every step of the roadmap: one study, one table.
+"""Train every step of the roadmap, and any other axis: one study, one table.
 
-    python -m roadmap.sweep +step=all                          # the default study (~13 min on 2 cores)
-    python -m roadmap.sweep +step=all seed=0,1,2               # three seeds
+    python -m roadmap.sweep +step=all                              # the default study (~13 min on 2 cores)
+    python -m roadmap.sweep +step=all seed=0,1,2                   # three seeds
+    python -m roadmap.sweep +step=all recipe.lr=1e-3,2e-3,4e-3     # the whole path at three learning rates
+    python -m roadmap.sweep +step=kernel_7 model.kernel_size=5,7 'seed=range(0,3)'
     python -m roadmap.sweep +step=stage_ratio,patchify_stem data=cifar10 recipe.epochs=30
-    python -m roadmap.sweep +step=all +experiment=imagenet_r50 hydra/launcher=slurm hydra.launcher.partition=gpu
     python -m roadmap.sweep +step=all hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
+    torchrun --nproc_per_node=2 -m roadmap.sweep +step=resnet,gelu +experiment=smoke   # each run with DDP
+    python -m roadmap.sweep +step=all +experiment=imagenet_r50 hydra/launcher=slurm hydra.launcher.gpus_per_node=8
 
-Each (step, seed) is one Hydra multirun job whose run directory is
-experiments/<study>/<step>/seed<k>/ (the study defaults to <data>_<regime>; `study=`
-names it, `hydra.sweep.dir=` moves it). Running the same command again skips finished
-runs, resumes interrupted ones and refuses runs whose saved config differs. A per-run
-lock keeps two sweeps on one study from training the same run. A run that fails or
-diverges does not stop the others; the exit code says whether all completed.
-The study root gets results.csv (one row per run, rewritten after every run) and, at
-the end, table.md / table.csv: each step beside the paper.
+Every combination of the swept values is one run: one Hydra multirun job with its own
+directory, runs/<study>/<step>/seed<k>/, and one more level for each other key swept,
+named by its value (runs/<study>/recipe.lr=0.001/<step>/seed<k>/). The study defaults to
+<data>_<regime>; `study=` names it, `hydra.sweep.dir=` moves it. A key given one value
+applies to every run. Running the same command again skips finished runs, resumes
+interrupted ones and refuses runs whose saved config differs. One process per run (rank 0
+under torchrun or submitit) holds the run's lock, so two sweeps never train one run
+twice, and the other ranks join it with DDP. A run that fails or diverges does not stop
+the others; Ctrl-C stops the sweep (run the command again to resume). The study root
+gets results.csv (one row per run, rewritten after every run) and, at the end, table.md
+and table.csv: each step beside the paper, one table per value of the swept keys.
 """
 
 from __future__ import annotations
 
-import fcntl
+import copy
+import importlib.util
+import itertools
 import os
-import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from hydra.core.override_parser.types import Glob, Override
 from omegaconf import DictConfig, OmegaConf
 
 from roadmap import results, rundir
-from roadmap.config import CONF_DIR, STEPS, ConfigError, compose, run_dir_of
+from roadmap.cli import CommandLine, check, launch, line, one_line_errors, read, step_names
+from roadmap.config import CONF_DIR, GROUPS, ConfigError, compose, hydra_config, options
+from roadmap.recipe import RecipeConfig
+from roadmap.train import Device, from_main_process, is_main_process, run_one, setup_distributed, shutdown_distributed
 
-RESULT_COLUMNS = [
-    "study", "step", "order", "change", "seed", "status", "top1", "top5", "best_top1", "params", "gmacs",
-    "images_per_s", "data_share", "epochs_done", "epochs", "wall_time_s", "regime", "data", "recipe", "run_dir",
-]
+EXAMPLE = "+step=all or seed=0,1,2"
+# Launchers a sweep can use: Hydra's own, the plugins the project depends on, and conf/hydra/launcher/.
+LAUNCHER_PLUGINS = {
+    "basic": None, "joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher",
+}
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """What a sweep runs: every combination of its steps, swept values and seeds."""
+
+    steps: List[str]
+    seeds: List[int]
+    axes: Dict[str, List[str]]
+    """The other swept keys (as typed, `+` included) -> their values, as Hydra writes them into each job."""
+    sweeps: List[str]
+    """The axes' overrides as typed: Hydra expands them the same way."""
+    fixed: List[str]
+    """Overrides that every run gets."""
+    hydra: List[str]
+    """Overrides of Hydra's own config (launcher, directories)."""
+    sweep_dir: Path
+    configs: Dict[Tuple[str, str], DictConfig]
+    """(variant, step) -> its composed config, for the first seed."""
+
+    def variants(self) -> List[str]:
+        """Each combination of the axes' values as its directory, the way Hydra's
+        override_dirname writes it: 'model.kernel_size=5/recipe.lr=0.001' ('' without axes)."""
+        combos = itertools.product(*[[f"{k}={v}" for v in values] for k, values in self.axes.items()])
+        return ["/".join(sorted(c)) for c in combos]
+
+    def runs(self) -> List[Tuple[str, str, int]]:
+        """(variant, step, seed) of every run, in the order Hydra launches them."""
+        return [(v, step, seed) for v in self.variants() for step in self.steps for seed in self.seeds]
+
+    def run_dir(self, variant: str, step: str, seed: int) -> Path:
+        return self.sweep_dir / variant / step / f"seed{seed}"
+
+    def config(self, variant: str, step: str, seed: int) -> DictConfig:
+        cfg = copy.deepcopy(self.configs[(variant, step)])
+        cfg.seed = seed
+        return cfg
+
+    def hydra_argv(self) -> List[str]:
+        """The command line Hydra's multirun gets: axes outermost, then steps, then seeds."""
+        subdir, naming = "${step.name}/seed${seed}", []
+        if self.axes:
+            subdir = "${hydra:job.override_dirname}/" + subdir
+            exclude = ["step", "seed", *(key_of(f) for f in self.fixed)]
+            naming = [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(dict.fromkeys(exclude))}]"]
+        return ["--multirun", *self.sweeps, f"+step={','.join(self.steps)}", f"seed={','.join(map(str, self.seeds))}",
+                *self.fixed, *self.hydra, f"hydra.sweep.dir={quote(str(self.sweep_dir))}", f"hydra.sweep.subdir='{subdir}'",
+                *naming]
+
+
+def key_of(override_line: str) -> str:
+    return override_line.split("=", 1)[0].lstrip("+~")
+
+
+def quote(value: str) -> str:
+    """A value Hydra's override parser reads back as this exact string."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def plan(cmd: CommandLine) -> Plan:
+    """Check the command line and compose every run's config before anything trains."""
+    steps = cmd.steps()
+    if not steps:
+        raise ConfigError("no steps given: add +step=all, or a list such as +step=stage_ratio,patchify_stem")
+    axes = {o.get_key_element(): axis_values(o) for o in cmd.sweeps("step", "seed")}
+    p = Plan(
+        steps=list(dict.fromkeys(steps)), seeds=seed_values(cmd.get("seed")), axes=axes,
+        sweeps=[line(o) for o in cmd.sweeps("step", "seed")],
+        fixed=[line(o) for o in cmd.app if not o.is_sweep_override() and o.key_or_group not in ("step", "seed")],
+        hydra=[h for h in cmd.hydra if not h.startswith("hydra.sweep.dir=")], sweep_dir=Path(), configs={},
+    )
+    check_launcher(cmd)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    for variant in p.variants():
+        for step in p.steps:
+            seed = [f"seed={p.seeds[0]}"] if p.seeds else []
+            cfg = compose(step, *p.fixed, *filter(None, variant.split("/")), *seed)
+            recipe: RecipeConfig = OmegaConf.to_object(cfg.recipe)  # type: ignore[assignment]
+            recipe.split(world)  # under torchrun: the batch splits over the ranks
+            p.configs[(variant, step)] = cfg
+    if not p.seeds:
+        p.seeds = [int(next(iter(p.configs.values())).seed)]
+    first = filter(None, p.variants()[0].split("/"))
+    p.sweep_dir = Path(hydra_config(p.steps[0], [*p.fixed, *first, *cmd.hydra]).sweep.dir)
+    return p
+
+
+def seed_values(seed: Optional[Override]) -> List[int]:
+    """seed=3, seed=0,1,2 or seed=range(0,3) -> the seeds; [] when not given (the config's)."""
+    if seed is None:
+        return []
+    values = list(seed.sweep_iterator()) if seed.is_discrete_sweep() else [seed.value()]
+    bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool)]
+    if bad:
+        raise ConfigError(f"{line(seed)} is not valid: '{bad[0]}' is not an integer; write seed=0, seed=0,1,2 or seed='range(0,3)'")
+    return list(dict.fromkeys(values))
+
+
+def axis_values(o: Override) -> List[str]:
+    """The values a swept key takes, as Hydra writes them into each job's overrides (and so
+    into the run directory's name); refused when two runs would share a directory."""
+    value = o.value()
+    if o.is_interval_sweep():
+        raise ConfigError(f"{line(o)}: interval() needs an optimizing sweeper; list the values or use range()")
+    if isinstance(value, Glob):
+        if o.key_or_group not in GROUPS:
+            raise ConfigError(f"{line(o)}: glob() chooses among the options of a config group ({', '.join(GROUPS)})")
+        values = value.filter(options(o.key_or_group))
+    else:
+        values = list(o.sweep_string_iterator())
+    if not values:
+        raise ConfigError(f"{line(o)} sweeps no value: give at least one")
+    repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if repeated is not None:
+        raise ConfigError(f"{line(o)} gives two runs the same directory ({o.get_key_element()}={repeated}): list each value once")
+    slashed = next((v for v in values if "/" in v), None)
+    if slashed is not None:
+        raise ConfigError(f"{line(o)}: the value {slashed} cannot name a run directory ('/'); run one sweep per value")
+    return values
+
+
+def check_launcher(cmd: CommandLine) -> None:
+    for o in cmd.overrides:
+        if o.key_or_group != "hydra/launcher":
+            continue
+        name = str(o.value())
+        ours = (CONF_DIR / "hydra" / "launcher" / f"{name}.yaml").exists()
+        if name not in LAUNCHER_PLUGINS and not ours:
+            raise ConfigError(f"unknown launcher '{name}': choose {', '.join(LAUNCHER_PLUGINS)}")
+        module = LAUNCHER_PLUGINS.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            package = "hydra-joblib-launcher" if "joblib" in module else "hydra-submitit-launcher"
+            raise ConfigError(f"launcher '{name}' is not installed: pip install {package}")
 
 
 # ----------------------------------------------------------------------------- one job
 
 
-def run_job(cfg: DictConfig, run_dir: Path) -> int:
-    """One (step, seed) of the sweep: locked, resumable, never raising."""
-    from roadmap.train import run_one
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            print(f"skipped: another process is training {run_dir}", flush=True)
-            return 0
-        setup_slurm_distributed()
+def run_job(cfg: DictConfig, run_dir: Path, study_dir: Path) -> int:
+    """One run of the sweep. One process takes its lock (rank 0, where several processes
+    train it together); every process then trains it, or every process skips it."""
+    export_cluster_environment()
+    setup_distributed(Device(cfg.train.device))
+    lock = rundir.claim(run_dir) if is_main_process() else None
+    if not from_main_process(lock is not None):
+        if is_main_process():
+            print(f"skipped: {run_dir} is being trained by another process ({rundir.holder(run_dir)})", flush=True)
+        return 0
+    try:
         code = run_one(cfg, run_dir)
-    write_results(run_dir.parent.parent)
+    finally:
+        if lock is not None:
+            lock.close()
+    if is_main_process():
+        results.save_tables(results.load(study_dir), study_dir)
+    if code == 130:
+        raise KeyboardInterrupt  # Ctrl-C stops the sweep, not only this run
     return code
 
 
-def setup_slurm_distributed() -> None:
-    """Under submitit with several tasks per node, export torchrun's variables (RANK,
-    WORLD_SIZE, MASTER_ADDR, ...) so that the run trains with DDP."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ:
+def export_cluster_environment() -> None:
+    """Under submitit with several tasks per job (SLURM, or submitit_local), export torchrun's
+    variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) from the job's environment, so that the
+    tasks train the run together with DDP. Nothing to do under torchrun or for one task."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+    except (ImportError, RuntimeError):
+        return  # not inside a submitit job
+    if env.num_tasks > 1:
+        # LOCAL_RANK picks the GPU, as under torchrun: keep every GPU of the node visible
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+# ----------------------------------------------------------------------------- the end
+
+
+def unfinished(p: Plan, runs) -> List[str]:
+    """'<run>: <why>' for every planned run that did not complete, in the plan's order."""
+    status = {Path(r).resolve(): s for r, s in zip(runs["run_dir"], runs["status"])} if len(runs) else {}
+    out = []
+    for variant, step, seed in p.runs():
+        run_dir = p.run_dir(variant, step, seed)
+        name = f"{variant + ' ' if variant else ''}{step} seed{seed}"
+        who = rundir.holder(run_dir)
+        if who:
+            out.append(f"{name}: being trained by another process ({who})")
+            continue
         try:
-            import submitit
-
-            submitit.helpers.TorchDistributedEnvironment().export()
-        except (ImportError, RuntimeError):
-            pass
-
-
-# ----------------------------------------------------------------------------- results
-
-
-def write_results(study_dir: Path):
-    """results.csv in the study root, rebuilt from every run's summary.json and
-    replaced atomically: always whole, readable while the sweep goes on."""
-    runs = results.load(study_dir)
-    rundir.atomic_write(Path(study_dir) / "results.csv", runs[RESULT_COLUMNS].to_csv(index=False).encode())
-    return runs
+            rundir.check_config(run_dir, p.config(variant, step, seed))
+        except rundir.RunDirError:
+            out.append(f"{name}: refused (its run directory holds another config)")
+            continue
+        state = status.get(run_dir.resolve(), "not run")
+        if state != "completed":
+            out.append(f"{name}: {state}")
+    return out
 
 
-def finish(study_dir: Path) -> Tuple[str, object]:
-    """results.csv, then the step table as table.md and table.csv; returns the Markdown and the runs."""
-    runs = write_results(study_dir)
-    table = results.step_table(runs)
-    text = results.markdown_table(table)
-    rundir.atomic_write(Path(study_dir) / "table.md", (text + "\n").encode())
-    csv_text = table[results.TABLE_COLUMNS].to_csv(index=False) if not table.empty else ""
-    rundir.atomic_write(Path(study_dir) / "table.csv", csv_text.encode())
-    return text, runs
+def finish(p: Plan, interrupted: bool) -> int:
+    """Write the study's tables, print them and say what did not complete; the exit code."""
+    runs = results.load(p.sweep_dir)
+    text, _ = results.save_tables(runs, p.sweep_dir)
+    print(text)
+    print(f"results: {p.sweep_dir / 'results.csv'}, table: {p.sweep_dir / 'table.md'}")
+    if interrupted:
+        print("interrupted: run the same command again to resume; finished runs are kept", file=sys.stderr)
+        return 130
+    bad = unfinished(p, runs)
+    if bad:
+        print(f"{len(bad)} of {len(p.runs())} runs did not complete: " + "; ".join(bad), file=sys.stderr)
+        return 1
+    print(f"all {len(p.runs())} runs completed.")
+    return 0
 
 
 # ----------------------------------------------------------------------------- command line
 
-INT = re.compile(r"^-?\d+$")
 
-
-def parse_seeds(overrides: Sequence[str]) -> List[int]:
-    for ov in overrides:
-        if ov.startswith("seed="):
-            value = ov.split("=", 1)[1]
-            m = re.fullmatch(r"range\((-?\d+),\s*(-?\d+)\)", value)
-            if m:
-                return list(range(int(m[1]), int(m[2])))
-            parts = [p.strip() for p in value.split(",")]
-            bad = [p for p in parts if not INT.match(p)]
-            if bad:
-                raise ConfigError(f"seed={value} is not valid: '{bad[0]}' is not an integer; write seed=0 or seed=0,1,2")
-            return [int(p) for p in parts]
-    return [compose(STEPS[0]).seed]
-
-
-def check_no_other_sweeps(overrides: Sequence[str]) -> None:
-    for ov in overrides:
-        key, _, value = ov.partition("=")
-        if key != "seed" and not key.startswith(("hydra", "+hydra")) and ("," in value and not value.strip().startswith("[")):
-            raise ConfigError(
-                f"{key}={value} sweeps a value, which would put two configs in one run directory: "
-                f"run one sweep per value, each with its own study=<name>"
-            )
-
-
-def plan(argv: Sequence[str]) -> Tuple[List[str], List[int], List[str], List[str]]:
-    """Check the command line; (steps, seeds, overrides without step and seed, hydra args)."""
-    from roadmap.cli import is_hydra_arg, split_steps
-
-    hydra_args = [a for a in argv if is_hydra_arg(a)]
-    steps, rest = split_steps([a for a in argv if not is_hydra_arg(a)])
-    if not steps:
-        raise ConfigError("no steps given: add +step=all, or a list such as +step=stage_ratio,patchify_stem")
-    seeds = parse_seeds(rest)
-    overrides = [a for a in rest if not a.startswith("seed=")]
-    check_no_other_sweeps(overrides)
-    for step in dict.fromkeys(steps):
-        compose(step, *overrides, f"seed={seeds[0]}")  # every step's config is valid
-    check_launcher(hydra_args)
-    return steps, seeds, overrides, hydra_args
-
-
-def check_launcher(hydra_args: Sequence[str]) -> None:
-    for arg in hydra_args:
-        if arg.startswith("hydra/launcher="):
-            name = arg.split("=", 1)[1]
-            ours = (CONF_DIR / "hydra" / "launcher" / f"{name}.yaml").exists()
-            plugins = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher",
-                       "submitit_slurm": "hydra_plugins.hydra_submitit_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher",
-                       "basic": None}
-            if name not in plugins and not ours:
-                raise ConfigError(f"unknown launcher '{name}': choose basic, joblib, submitit_local, submitit_slurm or slurm")
-            module = plugins.get(name)
-            if module:
-                import importlib.util
-
-                if importlib.util.find_spec(module) is None:
-                    pkg = "hydra-joblib-launcher" if "joblib" in module else "hydra-submitit-launcher"
-                    raise ConfigError(f"launcher '{name}' is not installed: pip install {pkg}")
+def show(cmd: CommandLine, argv: Sequence[str]) -> None:
+    """--cfg, --info, --help: Hydra shows the first run's config (Hydra shows one config)."""
+    first, count = {}, 1
+    for o in cmd.app:
+        if o.key_or_group == "step":
+            names = step_names(o)
+            first[line(o)], count = f"+step={names[0]}", count * len(names)
+        elif o.is_sweep_override():
+            values = axis_values(o) if o.key_or_group != "seed" else [str(s) for s in seed_values(o)]
+            first[line(o)], count = f"{o.get_key_element()}={values[0]}", count * len(values)
+    shown = [first.get(a, a) for a in argv]
+    check(read(shown, EXAMPLE), "sweep")
+    if count > 1 and not cmd.flags.help:
+        print(f"# the config of the first of {count} runs", file=sys.stderr)
+    launch(lambda cfg, run_dir: 0, shown, "sweep")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from roadmap.cli import one_line_errors, read_argv
-
-    argv = read_argv(__doc__, "+step=all or seed=0,1,2", argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     with one_line_errors():
-        steps, seeds, overrides, hydra_args = plan(argv)
-        sweep_dir = run_dir_of(steps[0], [*overrides, f"seed={seeds[0]}", *hydra_args]).parent.parent
-        for arg in hydra_args:
-            if arg.startswith("hydra.sweep.dir="):
-                sweep_dir = Path(arg.split("=", 1)[1])
-        rundir.check_writable(sweep_dir)
-
-    print(f"sweep: {len(steps)} steps x {len(seeds)} seeds -> {sweep_dir}", flush=True)
-    sys.argv = [sys.argv[0], "--multirun", f"+step={','.join(steps)}", f"seed={','.join(map(str, seeds))}", *overrides, *hydra_args]
-
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def _task(cfg: DictConfig) -> int:
-        return run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
-
+        cmd = read(argv, EXAMPLE)
+        if cmd.shows:
+            return show(cmd, argv)
+        p = plan(cmd)
+        rundir.check_writable(p.sweep_dir)
+    say = is_main_process()
+    if say:
+        print(f"sweep: {len(p.runs())} runs ({len(p.steps)} steps x {len(p.variants())} values x {len(p.seeds)} seeds) "
+              f"-> {p.sweep_dir}", flush=True)
+    interrupted = False
     try:
-        _task()
-    except SystemExit:
-        pass
-    text, runs = finish(sweep_dir)
-    print(text)
-    print(f"results: {sweep_dir / 'results.csv'}, table: {sweep_dir / 'table.md'}")
-    wanted = {(s, k) for s in steps for k in seeds}
-    status = {(r.step, r.seed): r.status for r in runs.itertuples()}
-    refused = []
-    for step, seed in sorted(wanted, key=lambda x: (STEPS.index(x[0]) if x[0] in STEPS else 99, x[1])):
-        try:
-            rundir.check_config(sweep_dir / step / f"seed{seed}", compose(step, *overrides, f"seed={seed}"))
-        except rundir.RunDirError:
-            refused.append((step, seed))
-    bad = [f"{s} seed{k}: {status.get((s, k), 'not run')}" for s, k in sorted(wanted) if status.get((s, k)) != "completed" and (s, k) not in refused]
-    bad += [f"{s} seed{k}: refused (its run directory holds another config)" for s, k in refused]
-    if bad:
-        print(f"{len(bad)} of {len(wanted)} runs did not complete: " + "; ".join(bad), file=sys.stderr)
-        sys.exit(1)
-    print(f"all {len(wanted)} runs completed.")
+        launch(lambda cfg, run_dir: run_job(cfg, run_dir, p.sweep_dir), p.hydra_argv(), "sweep")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        shutdown_distributed()
+    code = finish(p, interrupted) if say else (130 if interrupted else 0)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

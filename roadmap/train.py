@@ -46,14 +46,36 @@ class Diverged(Exception):
 
 
 def setup_distributed(device_kind: Device) -> Tuple[int, int, int]:
-    """(rank, world size, local rank), from torchrun's environment; (0, 1, 0) without it."""
+    """(rank, world size, local rank), from torchrun's environment; (0, 1, 0) without it.
+    The process group is set up once per process and serves every run it trains."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, 0
     if not dist.is_initialized():
         cuda = device_kind is not Device.cpu and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # before NCCL picks a device
         dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed run (or the only process): the one that writes and reports."""
+    return (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
+
+
+def from_main_process(value):
+    """Rank 0's `value`, on every rank (the value itself without a process group)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def pick_device(kind: Device, local_rank: int) -> torch.device:
@@ -254,16 +276,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict:
     cuda = device.type == "cuda"
 
     recipe = run.recipe
-    per_rank = recipe.batch_size // world
-    if per_rank * world != recipe.batch_size:
-        raise ConfigError(f"recipe.batch_size={recipe.batch_size} does not split over {world} processes: use a multiple of {world}")
-    if recipe.device_batch and per_rank > recipe.device_batch and per_rank % recipe.device_batch:
-        raise ConfigError(
-            f"recipe.batch_size={recipe.batch_size} over {world} processes is {per_rank} each, not a multiple of "
-            f"recipe.device_batch={recipe.device_batch}: choose sizes that divide"
-        )
-    accum = per_rank // recipe.device_batch if recipe.device_batch and per_rank > recipe.device_batch else 1
-    micro = per_rank // accum
+    per_rank, accum, micro = recipe.split(world)
 
     data = Data(run, device, rank, world, per_rank)
     steps_per_epoch = data.steps_per_epoch()
@@ -418,35 +431,39 @@ def in_sync(model: torch.nn.Module) -> bool:
 
 
 def run_one(cfg: DictConfig, run_dir: Path) -> int:
-    """Train, turning every expected failure into one line and an exit code."""
+    """Train, turning every expected failure into one line (said by rank 0) and an exit code."""
+    say = is_main_process()
     try:
         summary_before = rundir.read_summary(run_dir)
         summary = train(cfg, run_dir)
     except (ConfigError, DataError, rundir.RunDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if say:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: run the same command again to resume from {run_dir / rundir.CHECKPOINT}", file=sys.stderr)
+        if say:
+            print(f"interrupted: run the same command again to resume from {run_dir / rundir.CHECKPOINT}", file=sys.stderr)
         return 130
     except Exception as e:  # a crash inside training: record it, say where the traceback is
-        if int(os.environ.get("RANK", "0")) == 0 and Path(run_dir).is_dir():
+        if say and Path(run_dir).is_dir():
             rundir.atomic_write(Path(run_dir) / rundir.ERROR, traceback.format_exc().encode())
             prev = rundir.read_summary(run_dir) or {}
             rundir.write_json(Path(run_dir) / rundir.SUMMARY, {**prev, "status": "failed", "error": f"{type(e).__name__}: {e}"})
-        print(f"error: the run failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); traceback in {Path(run_dir) / rundir.ERROR}", file=sys.stderr)
+        if say:
+            print(f"error: the run failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                  f"traceback in {Path(run_dir) / rundir.ERROR}", file=sys.stderr)
         return 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     if summary_before and summary_before.get("status") in rundir.FINISHED:
-        print(f"{run_dir} already holds a {summary['status']} run (top-1 {summary.get('final_top1')}): nothing to do. "
-              "Choose another hydra.run.dir to train it again.")
+        if say:
+            print(f"{run_dir} already holds a {summary['status']} run (top-1 {summary.get('final_top1')}): nothing to do. "
+                  "Choose another hydra.run.dir to train it again.")
         return 0
     if summary["status"] == "diverged":
-        print(f"error: the run diverged in epoch {summary['diverged_epoch']} (loss {summary['diverged_loss']}); "
-              f"{run_dir / rundir.SUMMARY} records it", file=sys.stderr)
+        if say:
+            print(f"error: the run diverged in epoch {summary['diverged_epoch']} (loss {summary['diverged_loss']}); "
+                  f"{run_dir / rundir.SUMMARY} records it", file=sys.stderr)
         return 3
-    if int(os.environ.get("RANK", "0")) == 0:
+    if say:
         print(f"[{summary['step']} seed{summary['seed']}] completed: top-1 {summary['final_top1']:.2f}% "
               f"(best {summary['best_top1']:.2f}%), {summary['train_images_per_s']:.0f} img/s, "
               f"data {100 * summary['data_share']:.1f}% of step time, {summary['wall_time_s']:.0f}s -> {run_dir}")
@@ -456,7 +473,10 @@ def run_one(cfg: DictConfig, run_dir: Path) -> int:
 def main() -> None:
     from roadmap.cli import hydra_main
 
-    hydra_main(run_one, __doc__, task="train")
+    try:
+        hydra_main(run_one, task="train")
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == "__main__":
