@@ -165,11 +165,16 @@ def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path, suffix: str 
 
 
 def plot_study(study: Path) -> List[Path]:
-    runs = results.load(study)
-    if runs.empty:
-        raise SystemExit(f"error: no runs under {study}: give a study directory such as experiments/fashion_mnist_micro")
+    """Every figure and table of a study; runs that did not complete are left out, and named."""
     out = Path(study) / "figures"
-    _, written = results.save_tables(runs, out, with_runs=False)
+    runs, _, written = results.save_tables(study, out, with_runs=False)
+    if runs.empty:
+        raise results.ResultsError(f"no runs under {study}: give a study directory such as experiments/fashion_mnist_micro")
+    left_out = runs[runs["status"] != "completed"]
+    if len(left_out):
+        names = [f"{Path(r).relative_to(study) if Path(r).is_relative_to(study) else r} ({s})"
+                 for r, s in zip(left_out["run_dir"], left_out["status"])]
+        print(f"{study}: left out {len(left_out)} of {len(runs)} runs that did not complete: {', '.join(names)}")
     hist = results.history(study)
     for values, table in results.variants(results.step_table(runs)):
         suffix = "".join(f"__{k}={v}" for k, v in values.items())
@@ -185,11 +190,11 @@ def studies(args: Sequence[str]) -> List[Path]:
     if args:
         missing = [a for a in args if not Path(a).is_dir()]
         if missing:
-            raise SystemExit(f"error: {missing[0]} is not a directory: give study directories such as experiments/fashion_mnist_micro")
+            raise results.ResultsError(f"{missing[0]} is not a directory: give study directories such as experiments/fashion_mnist_micro")
         return [Path(a) for a in args]
     found = sorted({study_root(p.parent) for top in ROOTS for p in Path(top).rglob("summary.json")})
     if not found:
-        raise SystemExit("error: no studies under runs/ or experiments/: run python -m roadmap.sweep +step=all first, or name a study")
+        raise results.ResultsError("no studies under runs/ or experiments/: run python -m roadmap.sweep +step=all first, or name a study")
     return found
 
 
@@ -202,9 +207,13 @@ def study_root(run: Path) -> Path:
 
 
 def main(argv: Sequence[str] = ()) -> None:
-    for study in studies(argv):
-        written = plot_study(study)
-        print(f"{study}: " + ", ".join(p.name for p in written))
+    try:
+        for study in studies(argv):
+            written = plot_study(study)
+            print(f"{study}: " + ", ".join(p.name for p in written))
+    except results.ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

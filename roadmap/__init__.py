@@ -1,6 +1,7 @@
 """roadmap: every network on the ConvNeXt paper's path from ResNet to ConvNeXt."""
 
-from roadmap.config import STEPS, ConfigError, compose, expand_steps
+from roadmap.config import STEPS, compose, expand_steps
+from roadmap.errors import ConfigError, DataError, ResultsError, RoadmapError, RunDirError, WeightImportError
 from roadmap.complexity import Complexity, complexity
 from roadmap.model import ConvNet, ModelConfig
 
@@ -24,5 +25,10 @@ __all__ = [
     "ConvNet",
     "ModelConfig",
     "Complexity",
+    "RoadmapError",
     "ConfigError",
+    "DataError",
+    "RunDirError",
+    "ResultsError",
+    "WeightImportError",
 ]

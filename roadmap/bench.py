@@ -44,7 +44,8 @@ from torch import nn
 
 from roadmap.cli import one_line_errors, read_argv
 from roadmap.complexity import complexity, count_steps
-from roadmap.config import STEPS, ConfigError, compose, expand_steps, model_config, validate
+from roadmap.config import STEPS, compose, expand_steps, model_config, validate
+from roadmap.errors import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, check_ranges
 from roadmap.model import ConvNet, ModelConfig
 from roadmap.weights import WeightImportError, import_weights
 
@@ -74,6 +75,9 @@ class BenchConfig:
     data: bool = True
     count: bool = True
     out: str = "benchmarks"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "", {"reps": POSITIVE_INT, "seconds": POSITIVE, "threads": NON_NEGATIVE_INT})
 
 
 @dataclass
@@ -489,7 +493,9 @@ def parse(argv: List[str]) -> BenchConfig:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(BenchConfig), OmegaConf.from_dotlist(argv))
         cfg: BenchConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as e:
+    except ConfigError:
+        raise
+    except (OmegaConfBaseException, ValueError) as e:
         raise ConfigError(f"{str(e).splitlines()[0]}: see python -m roadmap.bench --help") from e
     if cfg.device not in SHAPES:
         raise ConfigError(f"device={cfg.device} is not valid: choose cpu or cuda")
@@ -502,8 +508,6 @@ def parse(argv: List[str]) -> BenchConfig:
     bad = [r for r in cfg.regimes if r not in SHAPES[cfg.device]]
     if bad:
         raise ConfigError(f"regimes has '{bad[0]}': choose from {', '.join(SHAPES[cfg.device])}")
-    if cfg.reps < 1:
-        raise ConfigError(f"reps={cfg.reps} is not valid: give at least 1")
     expand_steps(cfg.steps)  # an unknown step fails here, naming the valid ones
     return cfg
 

@@ -21,8 +21,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException
 
-from roadmap.config import CONF_DIR, ConfigError, available_steps, compose, run_dir_of
-from roadmap.rundir import RunDirError, check_writable
+from roadmap.config import CONF_DIR, ConfigError, available_steps, compose, compose_overrides, run_dir_of
+from roadmap.errors import RoadmapError
+from roadmap.rundir import check_writable
 
 # Flags with which Hydra shows something (help, the config, completion) and runs nothing.
 SHOW_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
@@ -158,7 +159,7 @@ def one_line_errors() -> Iterator[None]:
     """Bad input ends the program with `error: <one line>` and exit code 2 (said once, by rank 0)."""
     try:
         yield
-    except (ConfigError, RunDirError) as e:
+    except RoadmapError as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -200,7 +201,7 @@ def check(cmd: CommandLine, task: str) -> None:
         steps = cmd.steps() or []
         if len(steps) > 1 or cmd.sweeps("step"):
             raise ConfigError(f"{task} shows one config: name one step and one value per key")
-        compose(steps[0] if steps else None, *cmd.app_lines("step"))
+        compose_overrides(*([f"+step={steps[0]}"] if steps else []), *cmd.app_lines("step"))
         return
     step = one_step(cmd, task)
     compose(step, *cmd.app_lines("step"))

@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import StochasticDepth
 
 from roadmap.config import compose, model_config
+from roadmap.errors import ConfigError
 from roadmap.model import ConvNet, num_params
 
 
@@ -88,7 +89,9 @@ def complexity(model_or_cfg: Union[nn.Module, object], resolution: Optional[int]
         with torch.device("meta"):
             model = ConvNet(mcfg)
         in_chans = mcfg.in_chans
-    resolution = resolution or 224
+    resolution = 224 if resolution is None else resolution
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ConfigError(f"resolution={resolution!r} is not valid: give the image side in pixels, a positive integer")
     return Complexity(num_params(model), count_macs(model, resolution, in_chans), resolution)
 
 

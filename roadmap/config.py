@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from roadmap.data import DataConfig
-from roadmap.model import ConfigError, ModelConfig
+from roadmap.errors import HALF_OPEN, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, check_ranges
+from roadmap.model import ModelConfig
 from roadmap.recipe import RecipeConfig
 
 # The paper's path (Section 2, Tables 10 and 11), in order. kernel_5/9/11 are side
@@ -89,6 +90,10 @@ class RegimeConfig:
     drop_path_rate: float
     """Stochastic depth of the modern recipe (0.1 for T, 0.5 for B)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, "regime", {"resnet_depths": POSITIVE_INT, "depths": POSITIVE_INT, "resnet_widths": POSITIVE_INT,
+                                      "stage_ratio_widths": POSITIVE_INT, "wider_widths": POSITIVE_INT, "drop_path_rate": HALF_OPEN})
+
 
 class Device(str, Enum):
     auto = "auto"  # CUDA when there is a GPU, else the CPU
@@ -111,6 +116,9 @@ class TrainConfig:
     """CPU threads for torch; 0 = torch's default."""
     progress: bool = True
     """A progress bar per epoch when attached to a terminal (plain lines otherwise)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "train", {"threads": NON_NEGATIVE_INT})
 
 
 @dataclass
@@ -150,12 +158,12 @@ class RunConfig:
                     f"model.{key}={getattr(m, key)} conflicts with data.{data_key}={getattr(d, data_key)} "
                     f"of data={d.name}: drop the model.{key} override, or choose matching data"
                 )
-        if m.output_size(d.image_size) < 1:
-            smallest = next(s for s in range(1, 4096) if m.output_size(s) >= 1)
+        check_ranges(self, "", {"seed": NON_NEGATIVE_INT})
+        if d.image_size < m.total_stride:
             stem = f"model.stem={m.stem.value}" + (f" (patch {m.patch_size})" if m.stem.value == "patchify" else "")
             raise ConfigError(
-                f"data.image_size={d.image_size} conflicts with {stem} and {len(m.depths)} stages: the feature map "
-                f"vanishes before the last stage; use data.image_size>={smallest}, a smaller patch or fewer stages"
+                f"data.image_size={d.image_size} conflicts with {stem} and {len(m.depths)} stages: the last stage would "
+                f"see less than one pixel; use data.image_size>={m.total_stride}, a smaller patch or fewer stages"
             )
 
 
@@ -226,20 +234,27 @@ def _valid_keys(parent: str) -> str:
     return f"valid keys{' in ' + parent if parent else ''} are {', '.join(node.keys())}"
 
 
-def compose(step: Optional[str] = None, *overrides: str) -> DictConfig:
+def compose(step: str, *overrides: str) -> DictConfig:
     """The composed, resolved and validated config of one roadmap step.
 
     `compose("patchify_stem", "regime=r50", "model.kernel_size=5")` is what
     `+step=patchify_stem regime=r50 model.kernel_size=5` gives on the command line.
     Raises ConfigError with a one-line message for any bad input.
     """
-    overrides = list(overrides)
-    if step is not None:
-        if step == "all" or "," in step:
-            raise ConfigError(f"compose() takes one step, not '{step}': loop over roadmap.expand_steps('{step}')")
-        expand_steps(step)  # an unknown name fails here, listing the valid ones
-        overrides.insert(0, f"+step={step}")
-    return _compose(overrides)
+    if not isinstance(step, str):
+        raise ConfigError(f"compose() takes a step name first, not {step!r}: one of {', '.join(available_steps())}")
+    if step == "all" or "," in step:
+        raise ConfigError(f"compose() takes one step, not '{step}': loop over roadmap.expand_steps('{step}')")
+    expand_steps(step)  # an unknown name fails here, listing the valid ones
+    return compose_overrides(f"+step={step}", *overrides)
+
+
+def compose_overrides(*overrides: str) -> DictConfig:
+    """The config that these overrides compose (a step among them or not), validated."""
+    bad = next((o for o in overrides if not isinstance(o, str)), None)
+    if bad is not None:
+        raise ConfigError(f"overrides are strings such as 'regime=r50', not {bad!r}")
+    return _compose(list(overrides))
 
 
 def _compose(overrides: List[str], with_hydra: bool = False) -> DictConfig:
@@ -300,4 +315,4 @@ def model_config(cfg) -> ModelConfig:
     if isinstance(cfg, DictConfig):
         node = cfg.model if "model" in cfg else cfg
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node))  # type: ignore[return-value]
-    raise TypeError(f"expected a composed config or a ModelConfig, got {type(cfg).__name__}")
+    raise ConfigError(f"expected a composed config (roadmap.compose), a RunConfig or a ModelConfig, not {type(cfg).__name__}")

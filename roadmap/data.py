@@ -19,11 +19,16 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from roadmap.model import ConfigError
+from roadmap.errors import FINITE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, DataError, check_ranges
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IN_MEMORY = ("fashion_mnist", "cifar10", "cifar100")
 FOLDER = ("imagefolder",)
+
+
+# Where each numeric field may lie (finite in any case).
+DATA_RANGES = {"image_size": POSITIVE_INT, "channels": POSITIVE_INT, "num_classes": POSITIVE_INT, "train_limit": NON_NEGATIVE_INT,
+               "test_limit": NON_NEGATIVE_INT, "workers": NON_NEGATIVE_INT, "mean": FINITE, "std": POSITIVE}
 
 
 @dataclass
@@ -37,9 +42,11 @@ class DataConfig:
     image_size: int
     channels: int
     num_classes: int
-    root: str = "data"
-    """Where local copies live (and downloads go): <root>/FashionMNIST/raw, <root>/cifar-10-batches-py,
-    or, for imagefolder, the folder holding train/ and val/."""
+    root: Optional[str] = None
+    """Where the local copy lives, and only there (downloads go there too): Fashion-MNIST's IDX
+    files in it or in <root>/FashionMNIST/raw, <root>/cifar-10-batches-py, or, for
+    imagefolder, the folder holding train/ and val/. Unset: Debian's dataset-fashion-mnist,
+    else data/."""
     download: bool = True
     """Try torchvision's downloader when no local copy exists."""
     mean: List[float] = field(default_factory=lambda: [0.5])
@@ -58,13 +65,7 @@ class DataConfig:
                 f"data.mean/data.std have {len(self.mean)}/{len(self.std)} entries but data.channels={self.channels}: "
                 "give one per channel"
             )
-        for key in ("image_size", "channels", "num_classes"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"data.{key}={getattr(self, key)} is not valid: it must be a positive integer")
-
-
-class DataError(RuntimeError):
-    """A dataset that cannot be read; the message says how to get it."""
+        check_ranges(self, "data", DATA_RANGES)
 
 
 # ----------------------------------------------------------------------------- in memory
@@ -113,43 +114,52 @@ def _pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(images, (left, size - w - left, top, size - h - top))
 
 
-def load_fashion_mnist(root: str, image_size: int = 32, download: bool = True) -> Tuple[TensorData, TensorData]:
-    """Debian's dataset-fashion-mnist files, else <root>/FashionMNIST/raw, else a download."""
-    candidates = [DEBIAN_FASHION_MNIST, Path(root) / "FashionMNIST" / "raw", Path(root) / "fashion-mnist"]
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    for folder in candidates:
-        files = [_find_idx(folder, n) for n in names]
-        if all(files):
-            break
-    else:
-        problem = "no local copy"
-        if download:
-            try:
-                from torchvision.datasets import FashionMNIST
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
-                FashionMNIST(root, train=True, download=True)
-                FashionMNIST(root, train=False, download=True)
-                folder = Path(root) / "FashionMNIST" / "raw"
-                files = [_find_idx(folder, n) for n in names]
-            except Exception as e:  # no network, a proxy, a full disk: all end the same way
-                problem = f"the download failed ({type(e).__name__})"
-        if not all(files):
-            raise DataError(
-                f"Fashion-MNIST not found in {DEBIAN_FASHION_MNIST} or {candidates[1]} and {problem}: "
-                "run `make data` (installs Debian's dataset-fashion-mnist) or put the four IDX files in "
-                f"{candidates[1]}"
-            )
+
+def load_fashion_mnist(root: Optional[str], image_size: int = 32, download: bool = True) -> Tuple[TensorData, TensorData]:
+    """Fashion-MNIST from `root` (the IDX files in it, in <root>/FashionMNIST/raw or in
+    <root>/fashion-mnist) and only there; without a root, from Debian's
+    dataset-fashion-mnist, else data/. A download goes to the root (data/ without one)."""
+    folders = _fashion_mnist_folders(root)
+    files = next((f for f in ([_find_idx(d, n) for n in FASHION_MNIST_FILES] for d in folders) if all(f)), None)
+    problem = "no local copy"
+    if files is None and download:
+        target = root or "data"
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            for train in (True, False):
+                FashionMNIST(target, train=train, download=True)
+            files = [_find_idx(Path(target) / "FashionMNIST" / "raw", n) for n in FASHION_MNIST_FILES]
+        except Exception as e:  # no network, a proxy, a full disk: all end the same way
+            problem = f"the download failed ({type(e).__name__})"
+    if files is None or not all(files):
+        where = f"data.root={root} (nor in its FashionMNIST/raw/ or fashion-mnist/)" if root else f"{folders[0]} or {folders[1]}"
+        fix = ("put the four IDX files there, or drop data.root to use Debian's dataset-fashion-mnist (make data)" if root
+               else f"run `make data` (installs Debian's dataset-fashion-mnist) or put the four IDX files in {folders[1]}")
+        raise DataError(f"Fashion-MNIST not found in {where} and {problem}: {fix}")
     try:
         xtr, ytr, xte, yte = (_read_idx(f) for f in files)
     except Exception as e:
-        raise DataError(f"Fashion-MNIST files in {folder} are unreadable ({e}): reinstall them (`make data`)") from e
+        raise DataError(f"Fashion-MNIST files in {files[0].parent} are unreadable ({e}): reinstall them (`make data`)") from e
     pad = lambda x: _pad_to(x.unsqueeze(1), image_size)  # noqa: E731
     return TensorData(pad(xtr), ytr.long()), TensorData(pad(xte), yte.long())
 
 
-def load_cifar(source: str, root: str, image_size: int = 32, download: bool = True) -> Tuple[TensorData, TensorData]:
+def _fashion_mnist_folders(root: Optional[str]) -> List[Path]:
+    if not root:
+        return [DEBIAN_FASHION_MNIST, Path("data") / "FashionMNIST" / "raw", Path("data") / "fashion-mnist"]
+    if Path(root).exists() and not Path(root).is_dir():
+        raise DataError(f"data.root={root} is not a directory: point it at the folder holding Fashion-MNIST's four IDX "
+                        "files, or drop it to use Debian's dataset-fashion-mnist")
+    return [Path(root), Path(root) / "FashionMNIST" / "raw", Path(root) / "fashion-mnist"]
+
+
+def load_cifar(source: str, root: Optional[str], image_size: int = 32, download: bool = True) -> Tuple[TensorData, TensorData]:
     from torchvision.datasets import CIFAR10, CIFAR100
 
+    root = root or "data"
     cls = CIFAR10 if source == "cifar10" else CIFAR100
     try:
         splits = [cls(root, train=t, download=download) for t in (True, False)]
@@ -166,7 +176,7 @@ def load_cifar(source: str, root: str, image_size: int = 32, download: bool = Tr
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(source: str, root: str, image_size: int, download: bool) -> Tuple[TensorData, TensorData]:
+def _load_cached(source: str, root: Optional[str], image_size: int, download: bool) -> Tuple[TensorData, TensorData]:
     """Read a dataset once per process (a sweep trains many steps on it); nothing mutates it."""
     if source == "fashion_mnist":
         return load_fashion_mnist(root, image_size, download)
@@ -201,12 +211,15 @@ def batches(
 # ----------------------------------------------------------------------------- image folders
 
 
-def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float]):
-    """train/ and val/ class folders: decoded, random-resized-cropped and flipped per image
-    in workers (train); resized to size/0.875 and centre-cropped (val). uint8 out."""
+def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float], hflip: float = 0.5, interpolation: str = "bicubic"):
+    """train/ and val/ class folders: decoded, random-resized-cropped and flipped (with
+    probability `hflip`) per image in workers (train); resized to size/0.875 and
+    centre-cropped (val); both resampled with `interpolation`. uint8 out."""
     from torchvision import datasets
     from torchvision.transforms import v2
 
+    if not cfg.root:
+        raise DataError("data.root is not set: point it at a folder holding train/ and val/, each with one sub-folder per class")
     root = Path(cfg.root)
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -214,15 +227,15 @@ def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float]):
                 f"image folder {root / split} not found: point data.root at a folder holding train/ and val/, "
                 "each with one sub-folder of images per class"
             )
-    size = cfg.image_size
+    size, mode = cfg.image_size, v2.InterpolationMode(interpolation)
     train_tf = v2.Compose([
         v2.PILToTensor(),
-        v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
+        v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=mode, antialias=True),
+        v2.RandomHorizontalFlip(hflip),
     ])
     val_tf = v2.Compose([
         v2.PILToTensor(),
-        v2.Resize(int(round(size / 0.875)), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.Resize(int(round(size / 0.875)), interpolation=mode, antialias=True),
         v2.CenterCrop(size),
     ])
     mode = "L" if cfg.channels == 1 else "RGB"
@@ -246,7 +259,7 @@ if __name__ == "__main__":  # `make data` where apt-get cannot run: torchvision'
     import sys
 
     try:
-        train, test = load_fashion_mnist(sys.argv[1] if len(sys.argv) > 1 else "data")
+        train, test = load_fashion_mnist(sys.argv[1] if len(sys.argv) > 1 else None)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -39,11 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from roadmap.errors import HALF_OPEN, NON_NEGATIVE, POSITIVE_INT, ConfigError, check_ranges
+
 KERNEL_SIZES = (3, 5, 7, 9, 11)
-
-
-class ConfigError(ValueError):
-    """A bad config: the message is one line naming the problem and the fix."""
 
 
 class Stem(str, Enum):
@@ -70,6 +68,11 @@ class Norm(str, Enum):
 class Init(str, Enum):
     kaiming = "kaiming"  # torchvision's ResNet: Kaiming normal (fan-out) convs, default Linear
     trunc_normal = "trunc_normal"  # official ConvNeXt: truncated normal, std 0.02, zero biases
+
+
+# Where each numeric field may lie (finite in any case).
+MODEL_RANGES = {"drop_path_rate": HALF_OPEN, "layer_scale": NON_NEGATIVE, "expansion": POSITIVE_INT, "patch_size": POSITIVE_INT,
+                "in_chans": POSITIVE_INT, "num_classes": POSITIVE_INT}
 
 
 @dataclass
@@ -128,25 +131,13 @@ class ModelConfig:
             raise ConfigError(
                 f"model.kernel_size={self.kernel_size} is not valid: choose one of {', '.join(map(str, KERNEL_SIZES))}"
             )
-        for name in ("expansion", "patch_size", "in_chans", "num_classes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} is not valid: it must be a positive integer")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"model.drop_path_rate={self.drop_path_rate} is not valid: it must be in [0, 1)")
-        if self.layer_scale < 0.0:
-            raise ConfigError(f"model.layer_scale={self.layer_scale} is not valid: use 0 (off) or a positive value such as 1e-6")
+        check_ranges(self, "model", MODEL_RANGES)
 
-    def output_size(self, image_size: int) -> int:
-        """Side of the last stage's feature map for a square input; 0 if it vanishes."""
-        s = image_size
-        if self.stem is Stem.resnet:
-            s = (s - 1) // 2 + 1  # 7x7 stride-2 conv, padding 3
-            s = (s - 1) // 2 + 1  # 3x3 stride-2 max-pool, padding 1
-        else:
-            s //= self.patch_size
-        for _ in self.depths[1:]:
-            s = s // 2 if self.separate_downsampling else (s - 1) // 2 + 1
-        return s
+    @property
+    def total_stride(self) -> int:
+        """How many input pixels one pixel of the last stage spans: the smallest image the
+        network can see whole (32 for four stages behind a ResNet or 4x4 patchify stem)."""
+        return (4 if self.stem is Stem.resnet else self.patch_size) * 2 ** (len(self.depths) - 1)
 
     @property
     def stage_channels(self) -> List[int]:

@@ -23,6 +23,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from roadmap import paper, rundir
+from roadmap.errors import ResultsError
 from roadmap.config import PARENTS, SIDE_BRANCHES, STEPS
 
 PathLike = Union[str, Path]
@@ -33,14 +34,25 @@ RUN_COLUMNS = [
 ]
 
 
+NUMERIC_COLUMNS = ["epochs_done", "epochs", "params", "gmacs", "top1", "top5", "best_top1", "images_per_s", "data_share",
+                   "peak_memory_mb", "wall_time_s"]
+
+
 def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
-    """Every run directory under the given studies, run directories or globs."""
+    """Every run directory under the given studies, run directories or globs. ResultsError
+    for a path that does not exist or a glob that matches nothing: a typo is not 'no runs'."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found = []
     for p in paths:
-        for match in sorted(globlib.glob(str(p))) or [str(p)]:
+        matches = sorted(globlib.glob(str(p)))
+        if not matches:
+            raise ResultsError(f"{p} does not exist: give a study directory (e.g. experiments/fashion_mnist_micro), "
+                               "a run directory, or a glob that matches some")
+        for match in matches:
             m = Path(match)
+            if not m.is_dir():
+                raise ResultsError(f"{m} is a file, not a study or run directory: give the directory that holds the runs")
             if (m / rundir.SUMMARY).exists() or (m / rundir.CONFIG).exists():
                 found.append(m)
             else:
@@ -48,11 +60,16 @@ def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
     return list(dict.fromkeys(found))
 
 
-def _flat_config(run: Path) -> dict:
+def _flat_config(run: Path) -> Dict[str, Any]:
+    """The run's config.yaml flattened into `cfg.*` keys; {} when it is missing or unreadable."""
     path = run / rundir.CONFIG
-    if not path.exists():
+    try:
+        container = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:  # missing, truncated, not YAML: the run's status says so
         return {}
-    flat = pd.json_normalize(OmegaConf.to_container(OmegaConf.load(path), resolve=False), sep=".")
+    if not isinstance(container, dict):
+        return {}
+    flat = pd.json_normalize(container, sep=".")
     return {f"cfg.{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in flat.iloc[0].to_dict().items()}
 
 
@@ -97,6 +114,8 @@ def load(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
             row[k] = swept[k] if k in swept else row.get(f"cfg.{k}", row.get(f"cfg.{k}.name", row.get(k)))
         row["swept"] = ",".join(keys)
     df = pd.DataFrame(rows)
+    for column in NUMERIC_COLUMNS:  # None (a run without the figure) reads as NaN
+        df[column] = pd.to_numeric(df[column], errors="coerce")
     extra = [k for k in keys if k not in RUN_COLUMNS]
     df = df[[*RUN_COLUMNS[:2], *extra, *RUN_COLUMNS[2:], *[c for c in df.columns if c.startswith("cfg.")]]]
     return df.sort_values(["study", *keys, "order", "seed"], kind="stable").reset_index(drop=True)
@@ -104,15 +123,19 @@ def load(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
 
 def _run_row(run: Path) -> Dict[str, Any]:
     order = {s: i for i, s in enumerate(STEPS)}
-    s = rundir.read_summary(run) or {}
+    status = rundir.run_status(run)
+    s = rundir.read_summary(run) if status != "unreadable" else None
+    s = s or {}
     cfg = _flat_config(run)
+    if not cfg and (run / rundir.CONFIG).exists():
+        status = "unreadable"
     step = s.get("step") or cfg.get("cfg.step.name")
     study, swept = layout(run, step)
     return {
         "study": study, "step": step, "order": order.get(step, len(order)),
         "change": s.get("change", cfg.get("cfg.step.change")), "regime": s.get("regime", cfg.get("cfg.regime.name")),
         "data": s.get("data", cfg.get("cfg.data.name")), "recipe": s.get("recipe", cfg.get("cfg.recipe.name")),
-        "seed": s.get("seed", cfg.get("cfg.seed")), "status": s.get("status", "not started"),
+        "seed": s.get("seed", cfg.get("cfg.seed")), "status": status,
         "epochs_done": s.get("epochs_done", 0), "epochs": s.get("epochs", cfg.get("cfg.recipe.epochs")),
         "params": s.get("params"), "gmacs": s.get("gmacs"), "top1": s.get("final_top1"), "top5": s.get("final_top5"),
         "best_top1": s.get("best_top1"), "images_per_s": s.get("train_images_per_s"), "data_share": s.get("data_share"),
@@ -125,16 +148,20 @@ def history(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
     """One row per run, epoch and metric: study, swept keys, step, seed, epoch, metric, value."""
     rows = []
     for run in run_dirs(paths):
-        s = rundir.read_summary(run) or {}
+        s = rundir.read_summary(run) if rundir.run_status(run) != "unreadable" else None
+        s = s or {}
         metrics = run / rundir.METRICS
         if not metrics.exists():
             continue
         step = s.get("step", run.parent.name)
         study, swept = layout(run, step)
         for text in metrics.read_text().splitlines():
-            if not text.strip():
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: the epochs before it stand
+            if not isinstance(rec, dict) or "epoch" not in rec:
                 continue
-            rec = json.loads(text)
             for key, value in rec.items():
                 if key != "epoch":
                     rows.append({"study": study, **swept, "step": step, "seed": s.get("seed"),
@@ -228,19 +255,27 @@ TABLE_COLUMNS = ["step", "change", "builds_on", "params_m", "gmacs", "top1_mean"
                  "images_per_s", "paper_top1", "paper_delta", "statuses"]
 
 
-def save_tables(runs: pd.DataFrame, folder: Path, with_runs: bool = True) -> Tuple[str, List[Path]]:
-    """table.md and table.csv (per swept value and step) and, `with_runs`, results.csv (one
-    row per run) into `folder`, each replaced atomically; returns the Markdown and the paths."""
-    table = step_table(runs)
-    text = markdown_table(table)
-    folder = Path(folder)
-    keys = [k for k in swept_keys(runs) if k not in TABLE_COLUMNS]
-    files = {
-        folder / "table.md": text + "\n",
-        folder / "table.csv": table[[*keys, *TABLE_COLUMNS]].to_csv(index=False) if not table.empty else "",
-    }
-    if with_runs:
-        files[folder / "results.csv"] = runs[[c for c in runs.columns if not c.startswith("cfg.")]].to_csv(index=False)
-    for path, content in files.items():
-        rundir.atomic_write(path, content.encode())
-    return text, list(files)
+def save_tables(study: PathLike, folder: Optional[PathLike] = None, with_runs: bool = True) -> Tuple[pd.DataFrame, str, List[Path]]:
+    """Read a study and write table.md and table.csv (per swept value and step) and,
+    `with_runs`, results.csv (one row per run) into `folder` (the study's root by default).
+    One process at a time, each file replaced atomically: what is written is always the
+    run directories as they were when it was written, whichever sweep writes last.
+    Returns the runs, the Markdown and the paths."""
+    folder = Path(folder or study)
+    with rundir.exclusive(Path(study) / TABLES_LOCK):
+        runs = load(study)
+        table = step_table(runs)
+        text = markdown_table(table)
+        keys = [k for k in swept_keys(runs) if k not in TABLE_COLUMNS]
+        files = {
+            folder / "table.md": text + "\n",
+            folder / "table.csv": table[[*keys, *TABLE_COLUMNS]].to_csv(index=False) if not table.empty else "",
+        }
+        if with_runs:
+            files[folder / "results.csv"] = runs[[c for c in runs.columns if not c.startswith("cfg.")]].to_csv(index=False)
+        for path, content in files.items():
+            rundir.atomic_write(path, content.encode())
+    return runs, text, list(files)
+
+
+TABLES_LOCK = ".tables.lock"

@@ -11,27 +11,27 @@ moment leaves every file whole.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Dict, List, Optional
+from typing import IO, Any, Dict, Iterator, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from roadmap.errors import RunDirError
+
 CONFIG, METRICS, SUMMARY, CHECKPOINT, ERROR, LOCK = (
     "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "error.txt", ".lock")
 FINISHED = ("completed", "diverged")
+STATUSES = ("running", "completed", "diverged", "failed")
 
 # Keys that do not change what a run computes: a run may resume with other values.
 NEUTRAL_KEYS = ("study", "logger", "train.progress", "train.threads", "data.root", "data.download", "data.workers")
-
-
-class RunDirError(RuntimeError):
-    """A run directory that cannot be used as asked; the message says why and what to do."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -73,10 +73,42 @@ def load_checkpoint(path: Path) -> Dict:
 
 
 def read_summary(run_dir: Path) -> Optional[Dict]:
+    """The run's summary; None when there is none yet. RunDirError when the file is there
+    but unreadable (truncated, edited, not a summary)."""
+    path = Path(run_dir) / SUMMARY
     try:
-        return json.loads((Path(run_dir) / SUMMARY).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} is unreadable ({type(e).__name__}): delete it to rebuild it from the checkpoint, "
+                          "or delete the run directory to train the run again") from e
+    valid = isinstance(summary, dict) and summary.get("status") in STATUSES
+    if valid and summary["status"] == "completed":  # a completed run has its figure
+        valid = isinstance(summary.get("final_top1"), (int, float))
+    if not valid:
+        raise RunDirError(f"{path} is not a run summary (no valid status): delete it to rebuild it from the checkpoint, "
+                          "or delete the run directory to train the run again")
+    return summary
+
+
+def run_status(run_dir: Path) -> str:
+    """The run's status for a reader: its summary's, `unreadable` for a broken summary,
+    `incomplete` for a directory that holds no summary."""
+    try:
+        summary = read_summary(run_dir)
+    except RunDirError:
+        return "unreadable"
+    return summary["status"] if summary else "incomplete"
+
+
+def remove_if_unused(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but its lock (a run refused before it
+    wrote anything), so that no empty run is left behind."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and all(p.name == LOCK for p in run_dir.iterdir()):
+        (run_dir / LOCK).unlink(missing_ok=True)
+        run_dir.rmdir()
 
 
 def _flatten(d: Dict, prefix: str = "") -> Dict[str, Any]:
@@ -118,14 +150,17 @@ def check_config(run_dir: Path, cfg: DictConfig) -> bool:
     return True
 
 
-def check_writable(run_dir: Path) -> None:
+def check_writable(run_dir: Path, option: str = "hydra.run.dir") -> None:
+    """RunDirError unless `run_dir` can be created and written; the message names `option`,
+    the command-line key that chooses the directory."""
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test."):
             pass
     except OSError as e:
-        raise RunDirError(f"cannot write to the run directory {run_dir} ({e.strerror}): choose a writable hydra.run.dir") from e
+        what = "study" if option == "hydra.sweep.dir" else "run"
+        raise RunDirError(f"cannot write to the {what} directory {run_dir} ({e.strerror}): choose a writable {option}") from e
 
 
 # ----------------------------------------------------------------------------- the lock
@@ -153,6 +188,19 @@ def claim(run_dir: Path) -> Optional[IO]:
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
     return lock
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if needed), waiting for it: one
+    process at a time reads a study and writes its tables."""
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def holder(run_dir: Path) -> Optional[str]:

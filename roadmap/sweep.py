@@ -200,14 +200,12 @@ def run_job(cfg: DictConfig, run_dir: Path, study_dir: Path) -> int:
             print(f"skipped: {run_dir} is being trained by another process ({rundir.holder(run_dir)})", flush=True)
         return 0
     try:
-        code = run_one(cfg, run_dir)
+        code = run_one(cfg, run_dir, stop_on_interrupt=True)  # Ctrl-C stops the sweep, not only this run
     finally:
         if lock is not None:
             lock.close()
     if is_main_process():
-        results.save_tables(results.load(study_dir), study_dir)
-    if code == 130:
-        raise KeyboardInterrupt  # Ctrl-C stops the sweep, not only this run
+        results.save_tables(study_dir)
     return code
 
 
@@ -255,12 +253,11 @@ def unfinished(p: Plan, runs) -> List[str]:
 
 def finish(p: Plan, interrupted: bool) -> int:
     """Write the study's tables, print them and say what did not complete; the exit code."""
-    runs = results.load(p.sweep_dir)
-    text, _ = results.save_tables(runs, p.sweep_dir)
+    runs, text, _ = results.save_tables(p.sweep_dir)
     print(text)
     print(f"results: {p.sweep_dir / 'results.csv'}, table: {p.sweep_dir / 'table.md'}")
     if interrupted:
-        print("interrupted: run the same command again to resume; finished runs are kept", file=sys.stderr)
+        print("interrupted: the sweep stopped; run the same command again to resume (finished runs are kept)", file=sys.stderr)
         return 130
     bad = unfinished(p, runs)
     if bad:
@@ -291,13 +288,20 @@ def show(cmd: CommandLine, argv: Sequence[str]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        sweep(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # before the first run or while writing the tables
+        print("interrupted: run the same command again to resume (finished runs are kept)", file=sys.stderr)
+        sys.exit(130)
+
+
+def sweep(argv: List[str]) -> None:
     with one_line_errors():
         cmd = read(argv, EXAMPLE)
         if cmd.shows:
             return show(cmd, argv)
         p = plan(cmd)
-        rundir.check_writable(p.sweep_dir)
+        rundir.check_writable(p.sweep_dir, option="hydra.sweep.dir")
     say = is_main_process()
     if say:
         print(f"sweep: {len(p.runs())} runs ({len(p.steps)} steps x {len(p.variants())} values x {len(p.seeds)} seeds) "

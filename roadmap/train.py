@@ -32,8 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 from roadmap import rundir
 from roadmap.augment import BatchAugment, prepare_eval
 from roadmap.complexity import complexity
-from roadmap.config import ConfigError, Device, RunConfig, validate
-from roadmap.data import IN_MEMORY, DataError, batches, folder_datasets, load_in_memory
+from roadmap.config import Device, RunConfig, validate
+from roadmap.errors import ConfigError, RoadmapError
+from roadmap.data import IN_MEMORY, batches, folder_datasets, load_in_memory
 from roadmap.model import ConvNet, num_params
 from roadmap.recipe import build_optimizer, build_scheduler
 
@@ -128,13 +129,12 @@ class Data:
         if self.in_memory:
             self.train, self.test = load_in_memory(d, run.seed)
         else:
-            self.train, self.test = folder_datasets(d, tuple(r.crop_scale))
+            self.train, self.test = folder_datasets(d, tuple(r.crop_scale), r.hflip, r.interpolation.value)
         self.mean, self.std = d.mean, d.std
         self.augment = BatchAugment(
             crop=self.in_memory,  # image folders are cropped and flipped in the workers
-            crop_scale=r.crop_scale, hflip=r.hflip if self.in_memory else 0.0,
-            randaugment_ops=r.randaugment_ops, randaugment_magnitude=r.scaled(r.randaugment_magnitude),
-            randaugment_std=r.randaugment_std, random_erasing=r.scaled(r.random_erasing),
+            crop_scale=r.crop_scale, hflip=r.hflip if self.in_memory else 0.0, interpolation=r.interpolation.value,
+            randaugment=r.randaugment, randaugment_scale=r.regularization, random_erasing=r.scaled(r.random_erasing),
             mixup=r.scaled(r.mixup), cutmix=r.scaled(r.cutmix), num_classes=d.num_classes, mean=d.mean, std=d.std,
         )
         self.workers = d.workers
@@ -225,6 +225,14 @@ class NoLogger:
 # ----------------------------------------------------------------------------- training
 
 
+def build_ema(model: torch.nn.Module, decay: float) -> torch.nn.Module:
+    """An exponential moving average of the weights and of the buffers (BatchNorm's running
+    statistics), as timm's ModelEma keeps it: evaluating it needs both."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def evaluate(model: torch.nn.Module, data: Data, autocast, channels_last: bool) -> Dict[str, float]:
     model.eval()
     correct1 = correct5 = total = 0
@@ -268,8 +276,6 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict:
     if main:
         rundir.check_writable(run_dir)
     has_config = rundir.check_config(run_dir, cfg)
-    if main and not has_config:
-        rundir.atomic_write(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
     if run.train.threads:
         torch.set_num_threads(run.train.threads)
     device = pick_device(run.train.device, local_rank)
@@ -284,6 +290,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict:
         raise ConfigError(
             f"recipe.batch_size={recipe.batch_size} is larger than the {len(data.train)} training images: use a smaller batch"
         )
+    if main and not has_config:  # the data is there: the run starts
+        rundir.atomic_write(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
 
     torch.manual_seed(epoch_seed(run.seed, -1))
     model = ConvNet(run.model).to(device)
@@ -291,11 +299,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, steps_per_epoch)
-    ema = None
-    if recipe.ema:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay))
+    ema = build_ema(model, recipe.ema_decay) if recipe.ema else None
 
     start_epoch, history = 0, []
     ckpt_path = run_dir / rundir.CHECKPOINT
@@ -430,26 +434,27 @@ def in_sync(model: torch.nn.Module) -> bool:
 # ----------------------------------------------------------------------------- command line
 
 
-def run_one(cfg: DictConfig, run_dir: Path) -> int:
-    """Train, turning every expected failure into one line (said by rank 0) and an exit code."""
+def run_one(cfg: DictConfig, run_dir: Path, stop_on_interrupt: bool = False) -> int:
+    """Train, turning every expected failure into one line (said by rank 0) and an exit
+    code. Ctrl-C ends the run with 130, or, `stop_on_interrupt`, goes on up (a sweep stops)."""
     say = is_main_process()
     try:
         summary_before = rundir.read_summary(run_dir)
         summary = train(cfg, run_dir)
-    except (ConfigError, DataError, rundir.RunDirError) as e:
+    except RoadmapError as e:
         if say:
             print(f"error: {e}", file=sys.stderr)
+            rundir.remove_if_unused(run_dir)
         return 2
     except KeyboardInterrupt:
+        if stop_on_interrupt:
+            raise
         if say:
             print(f"interrupted: run the same command again to resume from {run_dir / rundir.CHECKPOINT}", file=sys.stderr)
         return 130
     except Exception as e:  # a crash inside training: record it, say where the traceback is
-        if say and Path(run_dir).is_dir():
-            rundir.atomic_write(Path(run_dir) / rundir.ERROR, traceback.format_exc().encode())
-            prev = rundir.read_summary(run_dir) or {}
-            rundir.write_json(Path(run_dir) / rundir.SUMMARY, {**prev, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         if say:
+            record_failure(run_dir, e)
             print(f"error: the run failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                   f"traceback in {Path(run_dir) / rundir.ERROR}", file=sys.stderr)
         return 1
@@ -468,6 +473,18 @@ def run_one(cfg: DictConfig, run_dir: Path) -> int:
               f"(best {summary['best_top1']:.2f}%), {summary['train_images_per_s']:.0f} img/s, "
               f"data {100 * summary['data_share']:.1f}% of step time, {summary['wall_time_s']:.0f}s -> {run_dir}")
     return 0
+
+
+def record_failure(run_dir: Path, error: Exception) -> None:
+    """A crashed run: its traceback in error.txt, status `failed` in summary.json."""
+    if not Path(run_dir).is_dir():
+        return
+    rundir.atomic_write(Path(run_dir) / rundir.ERROR, traceback.format_exc().encode())
+    try:
+        prev = rundir.read_summary(run_dir) or {}
+    except rundir.RunDirError:
+        prev = {}
+    rundir.write_json(Path(run_dir) / rundir.SUMMARY, {**prev, "status": "failed", "error": f"{type(error).__name__}: {error}"})
 
 
 def main() -> None:

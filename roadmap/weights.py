@@ -11,11 +11,15 @@ and our own layout passes through unchanged. Linear weights become 1x1 conv weig
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
+
+from roadmap.errors import WeightImportError
 
 Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
 
@@ -84,10 +88,6 @@ LAYOUTS: Dict[str, Tuple[str, List[Rule]]] = {
 }
 
 
-class WeightImportError(ValueError):
-    """The state dict does not fit the model; the message names what does not."""
-
-
 def _unwrap(state_dict: Mapping) -> Dict[str, torch.Tensor]:
     """Accept a checkpoint wrapping its state dict ({"model": ...}) and DDP or
     torch.compile prefixes."""
@@ -126,11 +126,30 @@ def _listing(keys: List[str], limit: int = 6) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def import_weights(model: nn.Module, state_dict: Mapping) -> nn.Module:
+def _read(source) -> Mapping:
+    """A state dict, or the checkpoint file a path names."""
+    if isinstance(source, Mapping):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        if not Path(source).is_file():
+            raise WeightImportError(f"import_weights: no file {str(source)!r}: give a state dict or the path of a checkpoint")
+        try:
+            return torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise WeightImportError(f"import_weights: {source} is not a readable checkpoint ({type(e).__name__}): "
+                                    "give a file written by torch.save") from e
+    raise WeightImportError(f"import_weights: expected a state dict or a checkpoint path, got {type(source).__name__}")
+
+
+def import_weights(model: nn.Module, state_dict: Union[Mapping, str, os.PathLike]) -> nn.Module:
     """Load a torchvision/timm ResNet, an official/timm/torchvision ConvNeXt, or our own
-    state dict into `model`. Strict: every tensor is used and every parameter and buffer
+    state dict (or the checkpoint file a path names) into `model`. Strict: every tensor is used and every parameter and buffer
     set, else WeightImportError naming what is missing, left over or of the wrong shape."""
-    sd = _unwrap(state_dict)
+    sd = _unwrap(_read(state_dict))
+    bad = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None or not sd:
+        raise WeightImportError(f"import_weights: {'the state dict is empty' if not sd else repr(bad) + ' is not a tensor'}: "
+                                "give a model's state_dict() or a checkpoint holding one")
     layout = detect_layout(sd)
     sd = rename(sd, layout)
     target = model.state_dict()

@@ -68,7 +68,7 @@ def test_make_plots_writes_every_figure_and_table(study):
 
 def test_plots_name_a_missing_study():
     out = subprocess.run([sys.executable, "-m", "analysis.plots", "/nonexistent/study"], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 1 and out.stderr.strip() == "error: /nonexistent/study is not a directory: give study directories such as experiments/fashion_mnist_micro"
+    assert out.returncode == 2 and out.stderr.strip() == "error: /nonexistent/study is not a directory: give study directories such as experiments/fashion_mnist_micro"
 
 
 def test_the_notebook_runs_against_a_study(study, tmp_path):

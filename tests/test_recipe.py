@@ -28,7 +28,7 @@ def lrs(rec, steps_per_epoch=10):
 def test_the_resnet_step_trains_with_the_original_recipe():
     r = recipe("resnet", "+experiment=imagenet_r50")
     assert (r.name, r.optimizer, r.lr, r.lr_batch, r.momentum, r.weight_decay) == ("classic", "sgd", 0.1, 256, 0.9, 1e-4)
-    assert (r.epochs, r.batch_size) == (90, 256)
+    assert (r.epochs, r.batch_size, r.interpolation, r.randaugment) == (90, 256, "bilinear", None)  # torchvision trains bilinear
     opt, seq = lrs(r, 2)
     assert isinstance(opt, torch.optim.SGD) and all(g["weight_decay"] == 1e-4 for g in opt.param_groups)
     assert seq[0] == pytest.approx(0.1) and seq[30 * 2] == pytest.approx(0.01) and seq[60 * 2] == pytest.approx(0.001)
@@ -41,7 +41,7 @@ def test_every_later_step_trains_with_the_convnext_recipe_of_table_5():
     r = recipe("separate_downsampling", "+experiment=imagenet_r50")
     assert (r.optimizer, r.lr, r.lr_batch, r.lr_scaling, r.weight_decay, r.betas) == ("adamw", 4e-3, 4096, "linear", 0.05, [0.9, 0.999])
     assert (r.epochs, r.batch_size, r.warmup, r.min_lr) == (300, 4096, pytest.approx(20 / 300), 1e-6)
-    assert (r.randaugment_ops, r.randaugment_magnitude, r.randaugment_std) == (2, 9, 0.5)
+    assert (r.randaugment, r.interpolation) == ("rand-m9-mstd0.5-inc1", "bicubic")
     assert (r.mixup, r.cutmix, r.random_erasing, r.label_smoothing, r.regularization) == (0.8, 1.0, 0.25, 0.1, 1.0)
     assert r.ema is False and r.ema_decay == 0.9999 and r.crop_scale == [0.08, 1.0]
     model = validate(roadmap.compose("separate_downsampling", "+experiment=imagenet_r50")).model
@@ -86,8 +86,60 @@ def test_imagenet_presets_reach_batch_4096_by_accumulating_gradients():
     assert validate(roadmap.compose("gelu", "+experiment=imagenet_r200")).regime.name == "r200"
 
 
-def test_ema_is_available(tmp_path):
+def test_ema_of_a_batchnorm_step_averages_its_running_statistics_too(tmp_path):
     from roadmap.train import run_one
 
-    assert run_one(roadmap.compose("layer_norm", "+experiment=smoke", "recipe.ema=true", "recipe.epochs=1"), tmp_path) == 0
-    assert "ema" in torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert run_one(roadmap.compose("resnet", "+experiment=smoke", "recipe.ema=true", "recipe.epochs=1"), tmp_path) == 0
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ema, model = state["ema"], state["model"]
+    stem_mean, stem_var = ema["module.stem.norm.running_mean"], ema["module.stem.norm.running_var"]
+    assert not torch.equal(stem_mean, torch.zeros_like(stem_mean)) and not torch.equal(stem_var, torch.ones_like(stem_var))
+    assert not torch.equal(stem_mean, model["stem.norm.running_mean"])  # an average, not the last value
+
+
+def test_ema_evaluates_as_a_hand_averaged_copy_of_weights_and_buffers():
+    import copy
+
+    from roadmap.train import build_ema
+
+    torch.manual_seed(0)
+    model = roadmap.build_model(roadmap.compose("resnet"))
+    ema, hand = build_ema(model, 0.9), copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in range(6):
+        model(torch.randn(16, 1, 32, 32)).logsumexp(1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        ema.update_parameters(model)
+        for (name, mine), current in zip(hand.state_dict().items(), model.state_dict().values()):
+            if step == 0:  # the first update copies, as timm's ModelEma starts from the model
+                mine.copy_(current)
+            else:
+                mine.copy_(mine * 0.9 + current * 0.1)
+    x = torch.randn(8, 1, 32, 32)
+    ema.module.eval(), hand.eval()
+    assert torch.allclose(ema.module(x), hand(x), atol=1e-5)
+    bn = dict(ema.module.named_buffers())["stem.norm.running_mean"]
+    assert torch.allclose(bn, dict(hand.named_buffers())["stem.norm.running_mean"]) and bn.abs().sum() > 0
+
+
+def test_each_recipe_resamples_with_its_own_interpolation_in_memory_and_in_image_folders(tmp_path):
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from roadmap.data import folder_datasets
+    from roadmap.train import Data
+
+    classic, convnext = validate(roadmap.compose("resnet")), validate(roadmap.compose("gelu"))
+    assert Data(classic, torch.device("cpu"), 0, 1, 64).augment.interpolation == "bilinear"
+    assert Data(convnext, torch.device("cpu"), 0, 1, 64).augment.interpolation == "bicubic"
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / split / label).mkdir(parents=True)
+            Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / split / label / "0.png")
+    data = validate(roadmap.compose("resnet", "data=imagefolder", f"data.root={tmp_path}", "data.num_classes=2",
+                                    "data.image_size=32")).data
+    train, val = folder_datasets(data, (0.08, 1.0), hflip=0.0, interpolation="bilinear")
+    crop, flip = train.transform.transforms[1], train.transform.transforms[2]
+    assert crop.interpolation == v2.InterpolationMode.BILINEAR and flip.p == 0.0  # image folders honour recipe.hflip
+    assert val.transform.transforms[1].interpolation == v2.InterpolationMode.BILINEAR

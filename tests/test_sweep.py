@@ -137,7 +137,8 @@ def test_an_unknown_step_in_the_list_stops_before_any_training(tmp_path):
 
 def test_an_unwritable_study_directory_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
-    one_line_error(sweep("+step=all", f"hydra.sweep.dir={tmp_path / 'file' / 'study'}"), "cannot write to the run directory")
+    one_line_error(sweep("+step=all", f"hydra.sweep.dir={tmp_path / 'file' / 'study'}"),
+                   "cannot write to the study directory", "choose a writable hydra.sweep.dir")
 
 
 def test_a_seed_that_is_not_an_integer_is_refused():

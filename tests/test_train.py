@@ -171,10 +171,11 @@ def test_a_missing_dataset_says_how_to_get_it(tmp_path):
 
 def test_missing_fashion_mnist_points_to_make_data(tmp_path, monkeypatch):
     monkeypatch.setattr("roadmap.data.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.chdir(tmp_path)  # no data/ here either
     from roadmap.data import DataError, load_fashion_mnist
 
     with pytest.raises(DataError, match=r"Fashion-MNIST not found .* no local copy: run `make data`"):
-        load_fashion_mnist(str(tmp_path), download=False)
+        load_fashion_mnist(None, download=False)
 
 
 def test_an_unwritable_run_directory_is_refused_before_training(tmp_path):

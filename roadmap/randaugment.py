@@ -1,0 +1,371 @@
+"""timm's RandAugment, the paper's policy (`rand-m9-mstd0.5-inc1`), for a whole batch on
+the training device, with every random draw made per image.
+
+The policy is timm's `rand_augment_transform` as the official ConvNeXt code builds it
+(`create_transform(..., auto_augment='rand-m9-mstd0.5-inc1', interpolation='bicubic')`):
+for each of `n` slots every image draws one of 15 ops (uniformly, with replacement), and
+applies it with probability `p` = 0.5, at a magnitude drawn from N(m, mstd) clipped to
+[0, 10]; ops with a direction (rotate, shear, translate, the increasing enhancements) take
+either sign with probability 1/2. Geometric ops resample with the recipe's interpolation
+and fill with the data's mean colour (timm's `img_mean` hparam).
+
+Each op reproduces the PIL operation that timm calls, on uint8 values (held in a float
+tensor): the same lookup tables (autocontrast, equalize, posterize, solarize), the same
+integer grey conversion, float32 blends truncated as ImageEnhance's, the SMOOTH filter
+for sharpness, and PIL's own affine resampling (its bicubic is a cubic convolution with
+a = -1, its bilinear clamps at the border, both sample pixel centres and truncate). The
+tests compare every op with timm's on real images (tests/test_randaugment.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from roadmap.errors import ConfigError
+
+LEVEL_DENOM = 10.0  # timm's _LEVEL_DENOM: magnitude m gives level m / 10
+# timm's _RAND_INCREASING_TRANSFORMS (inc1, the paper's) and _RAND_TRANSFORMS (inc0), in timm's order
+INCREASING_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
+    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
+    "TranslateXRel", "TranslateYRel",
+)
+OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
+    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+)
+GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+
+# ----------------------------------------------------------------------------- the policy string
+
+
+@dataclass(frozen=True)
+class Policy:
+    """timm's RandAugment config string, parsed: `rand-m9-mstd0.5-inc1` is magnitude 9,
+    magnitude std 0.5, the increasing op set, and timm's defaults n=2, p=0.5."""
+
+    magnitude: float = 9.0
+    num_ops: int = 2
+    magnitude_std: float = 0.0
+    """0: the magnitude as given; inf (timm's mstd > 100): uniform in [0, m]."""
+    magnitude_max: Optional[float] = None
+    """Upper clip of the drawn magnitude; None: 10."""
+    increasing: bool = False
+    prob: float = 0.5
+    """Each drawn op is applied with this probability."""
+
+    @classmethod
+    def parse(cls, text: str) -> "Policy":
+        parts = text.split("-")
+        if parts[0] != "rand":
+            raise ConfigError(f"recipe.randaugment={text} is not a RandAugment policy: write timm's form, e.g. rand-m9-mstd0.5-inc1")
+        fields: Dict[str, object] = {}
+        for part in parts[1:]:
+            m = re.fullmatch(r"(mstd|mmax|inc|m|n|p)(\d+(\.\d+)?)", part)
+            if not m:
+                raise ConfigError(f"recipe.randaugment={text} has '{part}': use m<int>, n<int>, mstd<float>, mmax<int>, inc<0|1>, p<float>")
+            key, value = m[1], float(m[2])
+            name = {"m": "magnitude", "n": "num_ops", "mstd": "magnitude_std", "mmax": "magnitude_max", "inc": "increasing",
+                    "p": "prob"}[key]
+            fields[name] = int(value) if key in ("n",) else bool(value) if key == "inc" else value
+        if fields.get("magnitude_std", 0) > 100:
+            fields["magnitude_std"] = math.inf
+        return cls(**fields)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        """The policy as timm writes it (parse(p.name) == p)."""
+        out = [f"rand-m{_num(self.magnitude)}"]
+        if self.num_ops != 2:
+            out.append(f"n{self.num_ops}")
+        if self.magnitude_std:
+            out.append(f"mstd{'101' if math.isinf(self.magnitude_std) else _num(self.magnitude_std)}")
+        if self.magnitude_max is not None:
+            out.append(f"mmax{_num(self.magnitude_max)}")
+        if self.increasing:
+            out.append("inc1")
+        if self.prob != 0.5:
+            out.append(f"p{_num(self.prob)}")
+        return "-".join(out)
+
+    @property
+    def ops(self) -> Tuple[str, ...]:
+        return INCREASING_OPS if self.increasing else OPS
+
+    def scaled(self, factor: float) -> "Policy":
+        """The policy at `factor` times its magnitude (the recipe's regularization knob)."""
+        return replace(self, magnitude=self.magnitude * factor)
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+# ----------------------------------------------------------------------------- magnitudes -> arguments
+
+Level = torch.Tensor  # float64, per image: the clipped magnitude / 10
+Sign = torch.Tensor  # float64, per image: +1 or -1 (used where timm's _randomly_negate is)
+
+
+def _enhance(level: Level, sign: Sign) -> torch.Tensor:
+    return level * 1.8 + 0.1
+
+
+def _enhance_increasing(level: Level, sign: Sign) -> torch.Tensor:
+    return torch.clamp(1.0 + sign * (level * 0.9), min=0.1)
+
+
+# timm's LEVEL_TO_ARG, in float64 with timm's operation order (int() of a non-negative value is floor)
+LEVEL_TO_ARG: Dict[str, Callable[[Level, Sign], torch.Tensor]] = {
+    "Rotate": lambda level, sign: sign * (level * 30.0),
+    "Posterize": lambda level, sign: torch.floor(level * 4),
+    "PosterizeIncreasing": lambda level, sign: 4 - torch.floor(level * 4),
+    "Solarize": lambda level, sign: torch.clamp(torch.floor(level * 256), max=256),
+    "SolarizeIncreasing": lambda level, sign: 256 - torch.clamp(torch.floor(level * 256), max=256),
+    "SolarizeAdd": lambda level, sign: torch.clamp(torch.floor(level * 110), max=128),
+    "Color": _enhance, "Contrast": _enhance, "Brightness": _enhance, "Sharpness": _enhance,
+    "ColorIncreasing": _enhance_increasing, "ContrastIncreasing": _enhance_increasing,
+    "BrightnessIncreasing": _enhance_increasing, "SharpnessIncreasing": _enhance_increasing,
+    "ShearX": lambda level, sign: sign * (level * 0.3), "ShearY": lambda level, sign: sign * (level * 0.3),
+    "TranslateXRel": lambda level, sign: sign * (level * 0.45), "TranslateYRel": lambda level, sign: sign * (level * 0.45),
+}
+
+
+# ----------------------------------------------------------------------------- colour ops (uint8 values in float)
+
+
+def _per_image(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+
+
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """PIL's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16; grey images as they are."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.to(torch.int64).unbind(1)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).unsqueeze(1).to(x.dtype)
+
+
+def blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Image.blend(degenerate, image, factor) as PIL computes it: in float32, clipped, truncated."""
+    f = _per_image(factor.to(torch.float32), x)
+    d = degenerate.to(torch.float32)
+    out = d + f * (x.to(torch.float32) - d)
+    return torch.floor(out.clamp(0, 255)).to(x.dtype)
+
+
+def smooth(x: torch.Tensor) -> torch.Tensor:
+    """PIL's ImageFilter.SMOOTH (3x3 ones, centre 5, /13; border pixels kept), in float32 as
+    PIL sums it: rows below, centre, above, each left to right, then truncated after +0.5."""
+    k1, k5 = torch.tensor(1.0 / 13, dtype=torch.float32), torch.tensor(5.0 / 13, dtype=torch.float32)
+    v = x.to(torch.float32)
+    row = lambda r, centre: (v[..., r, :-2] * k1 + v[..., r, 1:-1] * centre) + v[..., r, 2:] * k1  # noqa: E731
+    h = x.shape[-2]
+    below, middle, above = row(slice(2, h), k1), row(slice(1, h - 1), k5), row(slice(0, h - 2), k1)
+    inner = ((torch.tensor(0.5) + below) + middle) + above
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = torch.floor(inner.clamp(0, 255)).to(x.dtype)
+    return out
+
+
+def autocontrast(x: torch.Tensor, _arg=None) -> torch.Tensor:
+    """ImageOps.autocontrast: per image and channel, lo..hi stretched to 0..255 (int())."""
+    lo = x.amin((2, 3), keepdim=True).to(torch.float64)
+    hi = x.amax((2, 3), keepdim=True).to(torch.float64)
+    scale = 255.0 / (hi - lo).clamp_min(1)
+    out = torch.trunc(x.to(torch.float64) * scale + (-lo * scale)).clamp(0, 255)
+    return torch.where(hi > lo, out, x.to(torch.float64)).to(x.dtype)
+
+
+def equalize(x: torch.Tensor, _arg=None) -> torch.Tensor:
+    """ImageOps.equalize: per image and channel, PIL's lookup table from the histogram."""
+    n, c = x.shape[:2]
+    flat = x.to(torch.int64).reshape(n * c, -1)
+    hist = torch.zeros(n * c, 256, dtype=torch.int64, device=x.device).scatter_add_(1, flat, torch.ones_like(flat))
+    last = hist.gather(1, flat.amax(1, keepdim=True))  # the count of the highest value present
+    step = (flat.shape[1] - last) // 255
+    before = hist.cumsum(1) - hist  # pixels below each value
+    lut = torch.div(step // 2 + before, step.clamp_min(1), rounding_mode="floor")
+    identity = ((hist > 0).sum(1, keepdim=True) <= 1) | (step == 0)
+    lut = torch.where(identity, torch.arange(256, device=x.device), lut.clamp(max=255))  # point() clips
+    return lut.gather(1, flat).reshape(x.shape).to(x.dtype)
+
+
+def invert(x: torch.Tensor, _arg=None) -> torch.Tensor:
+    return 255 - x
+
+
+def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """ImageOps.posterize: keep the top `bits` bits (0 bits: black, as PIL before 10.0)."""
+    drop = _per_image(2 ** (8 - bits), x).to(x.dtype)
+    return torch.floor(x / drop) * drop
+
+
+def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < _per_image(threshold, x).to(x.dtype), x, 255 - x)
+
+
+def solarize_add(x: torch.Tensor, add: torch.Tensor, threshold: float = 128) -> torch.Tensor:
+    return torch.where(x < threshold, (x + _per_image(add, x).to(x.dtype)).clamp(max=255), x)
+
+
+def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(grey(x).expand_as(x), x, factor)
+
+
+def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Contrast: towards the grey mean, int(mean + 0.5)."""
+    mean = torch.floor(grey(x).to(torch.float64).mean((1, 2, 3), keepdim=True) + 0.5)
+    return blend(mean.expand_as(x).to(x.dtype), x, factor)
+
+
+def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(torch.zeros_like(x), x, factor)
+
+
+def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(smooth(x), x, factor)
+
+
+COLOUR_OPS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "AutoContrast": autocontrast, "Equalize": equalize, "Invert": invert,
+    "Posterize": posterize, "PosterizeIncreasing": posterize,
+    "Solarize": solarize, "SolarizeIncreasing": solarize, "SolarizeAdd": solarize_add,
+    "Color": color, "ColorIncreasing": color, "Contrast": contrast, "ContrastIncreasing": contrast,
+    "Brightness": brightness, "BrightnessIncreasing": brightness, "Sharpness": sharpness, "SharpnessIncreasing": sharpness,
+}
+
+
+# ----------------------------------------------------------------------------- geometric ops: PIL's affine resampling
+
+
+def affine_matrix(name: str, arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """PIL's AFFINE data (a, b, c, d, e, f) per image, as timm's op builds it: an output
+    pixel centre (x, y) samples the input at (a x + b y + c, d x + e y + f)."""
+    n = len(arg)
+    m = torch.zeros(n, 6, dtype=torch.float64)
+    m[:, 0] = m[:, 4] = 1.0
+    if name == "ShearX":
+        m[:, 1] = arg
+    elif name == "ShearY":
+        m[:, 3] = arg
+    elif name == "TranslateXRel":
+        m[:, 2] = arg * width
+    elif name == "TranslateYRel":
+        m[:, 5] = arg * height
+    else:  # Rotate: Image.rotate(degrees) about the centre
+        angle = -torch.deg2rad(torch.remainder(arg, 360.0))
+        cos, sin = _round15(torch.cos(angle)), _round15(torch.sin(angle))
+        cx, cy = width / 2.0, height / 2.0
+        m[:, 0], m[:, 1], m[:, 3], m[:, 4] = cos, sin, -sin, cos
+        m[:, 2] = cos * -cx + sin * -cy + 0.0 + cx
+        m[:, 5] = -sin * -cx + cos * -cy + 0.0 + cy
+    return m
+
+
+def _round15(v: torch.Tensor) -> torch.Tensor:
+    return torch.round(v * 1e15) / 1e15
+
+
+def _cubic(v1, v2, v3, v4, d):
+    """PIL's BICUBIC macro: cubic convolution with a = -1."""
+    p2 = -v1 + v3
+    p3 = 2 * (v1 - v2) + v3 - v4
+    p4 = -v1 + v2 - v3 + v4
+    return v2 + d * (p2 + d * (p3 + d * p4))
+
+
+def resample(x: torch.Tensor, matrix: torch.Tensor, fill: Sequence[float], mode: str = "bicubic") -> torch.Tensor:
+    """Image.transform(size, AFFINE, matrix, resample, fillcolor) for a batch: float64 as PIL,
+    edge pixels clamped, samples outside the image filled, values clipped and truncated."""
+    n, c, h, w = x.shape
+    a = matrix.to(x.device).view(n, 6, 1, 1)
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float64) + 0.5,
+                            torch.arange(w, device=x.device, dtype=torch.float64) + 0.5, indexing="ij")
+    sx = a[:, 0] * xs + a[:, 1] * ys + a[:, 2]
+    sy = a[:, 3] * xs + a[:, 4] * ys + a[:, 5]
+    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    sx, sy = sx - 0.5, sy - 0.5
+    x0, y0 = torch.floor(sx), torch.floor(sy)
+    dx, dy = (sx - x0).unsqueeze(1), (sy - y0).unsqueeze(1)
+    taps = range(-1, 3) if mode == "bicubic" else range(0, 2)
+    src = x.to(torch.float64).reshape(n, c, h * w)
+
+    def pick(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        index = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1)).long().view(n, 1, h * w).expand(n, c, h * w)
+        return src.gather(2, index).view(n, c, h, w)
+
+    rows = []
+    for j in taps:
+        cols = [pick(y0 + j, x0 + i) for i in taps]
+        rows.append(_cubic(*cols, dx) if mode == "bicubic" else cols[0] + (cols[1] - cols[0]) * dx)
+    v = _cubic(*rows, dy) if mode == "bicubic" else rows[0] + (rows[1] - rows[0]) * dy
+    v = torch.trunc(v.clamp(0, 255))
+    fill_value = torch.tensor(list(fill), dtype=torch.float64, device=x.device).view(1, c, 1, 1)
+    return torch.where(inside.unsqueeze(1), v, fill_value).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- the batched policy
+
+
+class RandAugment:
+    """A RandAugment policy for batches of uint8-valued float images (N, C, H, W), C = 1 or 3."""
+
+    def __init__(self, policy: Policy, fill: Sequence[float], interpolation: str = "bicubic"):
+        if interpolation not in ("bicubic", "bilinear"):
+            raise ConfigError(f"RandAugment resamples bicubic or bilinear, not {interpolation}")
+        self.policy, self.fill, self.interpolation = policy, tuple(fill), interpolation
+        self.ops = policy.ops
+
+    def draw(self, n: int, g: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One slot's draws for n images: the op (index into self.ops, -1 where the op is not
+        applied), its level (clipped magnitude / 10, float64) and its sign."""
+        p = self.policy
+        op = torch.randint(len(self.ops), (n,), generator=g)
+        applied = torch.rand(n, generator=g, dtype=torch.float64) <= p.prob
+        magnitude = torch.full((n,), float(p.magnitude), dtype=torch.float64)
+        if math.isinf(p.magnitude_std):
+            magnitude = torch.rand(n, generator=g, dtype=torch.float64) * p.magnitude
+        elif p.magnitude_std > 0:
+            magnitude = magnitude + p.magnitude_std * torch.randn(n, generator=g, dtype=torch.float64)
+        level = magnitude.clamp(0.0, p.magnitude_max or LEVEL_DENOM) / LEVEL_DENOM
+        sign = torch.where(torch.rand(n, generator=g, dtype=torch.float64) > 0.5, -1.0, 1.0).to(torch.float64)
+        return torch.where(applied, op, -1), level, sign
+
+    def apply(self, x: torch.Tensor, name: str, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        """One op on every image of x, at each image's level and sign."""
+        to_arg = LEVEL_TO_ARG.get(name)
+        arg = to_arg(level, sign) if to_arg is not None else None
+        if name in GEOMETRIC:
+            matrix = affine_matrix(name, arg, x.shape[-2], x.shape[-1])
+            return resample(x, matrix, self.fill, self.interpolation)
+        return COLOUR_OPS[name](x, arg)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        for _ in range(self.policy.num_ops):
+            op, level, sign = self.draw(len(x), g)
+            # Images sorted by the op they drew: each op acts on one contiguous slice, with one
+            # gather before and one scatter after instead of an index/index_put per op.
+            order = op.argsort(stable=True)
+            op, level, sign = op[order], level[order], sign[order]
+            ends = torch.bincount(op + 1, minlength=len(self.ops) + 1).cumsum(0).tolist()
+            d = order.to(x.device)
+            y = x[d]
+            for k, name in enumerate(self.ops):
+                a, b = ends[k], ends[k + 1]  # slot 0 of the count is "not applied"
+                if b > a:
+                    y[a:b] = self.apply(y[a:b], name, level[a:b], sign[a:b])
+            x[d] = y
+        return x
+
+
+def fill_colour(mean: Sequence[float]) -> Tuple[int, ...]:
+    """timm's img_mean hparam: the data's mean colour in uint8."""
+    return tuple(min(255, round(255 * m)) for m in mean)
