@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from roadmap import results  # noqa: E402
+from roadmap import paper, results  # noqa: E402
 from roadmap.config import SIDE_BRANCHES, STEPS  # noqa: E402
 
 # Figure 2's groups, in the paper's order.
@@ -53,6 +53,11 @@ def _save(fig, out: Path, name: str) -> List[Path]:
     return paths
 
 
+def _number(step: str) -> str:
+    """A step's number in the paper's path ('-' for a step a user added)."""
+    return str(STEPS.index(step)) if step in STEPS else "-"
+
+
 def _title(table: pd.DataFrame) -> str:
     values = results.variant_name({k: table[k].iloc[0] for k in results.swept_keys(table)})
     return f"{table['study'].iloc[0]}{', ' + values if values else ''} (regime {table['regime'].iloc[0]})"
@@ -60,11 +65,16 @@ def _title(table: pd.DataFrame) -> str:
 
 def figure2(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     t = table.sort_values("order").reset_index(drop=True)
-    ref = "r200" if t["regime"].iloc[0] == "r200" else "r50"
+    ref = paper.reference_regime(t["regime"].iloc[0])
     n = len(t)
-    fig, (ax, axp) = plt.subplots(1, 2, figsize=(12, 0.42 * n + 1.6), sharey=True, gridspec_kw={"width_ratios": [1.15, 1]})
+    fig, (ax, axp) = plt.subplots(
+        1, 2, figsize=(12, 0.42 * n + 1.6), sharey=True, gridspec_kw={"width_ratios": [1.15, 1]}
+    )
     y = list(range(n))[::-1]
-    for ax_, col, err, title in ((ax, "top1_mean", "top1_std", "this study"), (axp, "paper_top1", "paper_top1_std", f"paper, ImageNet-1K ({ref})")):
+    for ax_, col, err, title in (
+        (ax, "top1_mean", "top1_std", "this study"),
+        (axp, "paper_top1", "paper_top1_std", f"paper, ImageNet-1K ({ref})"),
+    ):
         vals = t[col]
         colours = [COLOURS[GROUP_OF.get(s, "micro design")] for s in t["step"]]
         hatches = ["//" if s in SIDE_BRANCHES else "" for s in t["step"]]
@@ -111,9 +121,9 @@ def path_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
         colour = COLOURS[GROUP_OF.get(r["step"], "micro design")]
         ax.errorbar(r["gmacs"] * scale, r["top1_mean"], yerr=r["top1_std"] if pd.notna(r["top1_std"]) else None,
                     fmt="o", mfc="white" if side else colour, mec=colour, ecolor=colour, ms=7, capsize=2, zorder=2)
-        ax.annotate(str(STEPS.index(r["step"]) if r["step"] in STEPS else r["step"]), (r["gmacs"] * scale, r["top1_mean"]),
+        ax.annotate(_number(r["step"]), (r["gmacs"] * scale, r["top1_mean"]),
                     textcoords="offset points", xytext=(5, -11) if side else (6, 4), fontsize=8)
-    key = "\n".join(f"{STEPS.index(s) if s in STEPS else '-'}  {s}{' (side)' if s in SIDE_BRANCHES else ''}" for s in t["step"])
+    key = "\n".join(f"{_number(s)}  {s}{' (side)' if s in SIDE_BRANCHES else ''}" for s in t["step"])
     ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", fontsize=7.5, family="monospace")
     ax.set_xlabel(f"multiply-accumulates per image ({unit})")
     ax.set_ylabel("top-1 accuracy (%)")
@@ -125,7 +135,7 @@ def path_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
 
 def delta_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     t = table.sort_values("order").reset_index(drop=True).iloc[1:]
-    ref = "r200" if t["regime"].iloc[0] == "r200" else "r50"
+    ref = paper.reference_regime(t["regime"].iloc[0])
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(t) + 1.4))
     y = list(range(len(t)))[::-1]
     h = 0.38
@@ -148,17 +158,27 @@ def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path, suffix: str 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
     for i, step in enumerate(steps):
         h = hist[hist["step"] == step]
-        for metric, ax in (("test_top1", a1), ("train_loss", a2)):
+        for metric, ax in (("top1", a1), ("train_loss", a2)):
             m = h[h["metric"] == metric].groupby("epoch")["value"].mean()
             if len(m):
-                ax.plot(m.index, m.values, marker="o", ms=3, color=cmap(i), ls="--" if step in SIDE_BRANCHES else "-", label=step)
+                ax.plot(
+                    m.index,
+                    m.values,
+                    marker="o",
+                    ms=3,
+                    color=cmap(i),
+                    ls="--" if step in SIDE_BRANCHES else "-",
+                    label=step,
+                )
     a1.set_ylabel("test top-1 accuracy (%)")
     a2.set_ylabel("training loss (cross-entropy)")
     for ax in (a1, a2):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    a2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="step (mean over seeds)", title_fontsize=7)
+    a2.legend(
+        fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="step (mean over seeds)", title_fontsize=7
+    )
     fig.suptitle(f"Training curves: {_title(table)}", fontsize=11)
     fig.tight_layout()
     return _save(fig, out, "curves" + suffix)
@@ -169,7 +189,9 @@ def plot_study(study: Path) -> List[Path]:
     out = Path(study) / "figures"
     runs, _, written = results.save_tables(study, out, with_runs=False)
     if runs.empty:
-        raise results.ResultsError(f"no runs under {study}: give a study directory such as experiments/fashion_mnist_micro")
+        raise results.ResultsError(
+            f"no runs under {study}: give a study directory such as experiments/fashion_mnist_micro"
+        )
     left_out = runs[runs["status"] != "completed"]
     if len(left_out):
         names = [f"{Path(r).relative_to(study) if Path(r).is_relative_to(study) else r} ({s})"
@@ -190,11 +212,15 @@ def studies(args: Sequence[str]) -> List[Path]:
     if args:
         missing = [a for a in args if not Path(a).is_dir()]
         if missing:
-            raise results.ResultsError(f"{missing[0]} is not a directory: give study directories such as experiments/fashion_mnist_micro")
+            raise results.ResultsError(
+                f"{missing[0]} is not a directory: give study directories such as experiments/fashion_mnist_micro"
+            )
         return [Path(a) for a in args]
     found = sorted({study_root(p.parent) for top in ROOTS for p in Path(top).rglob("summary.json")})
     if not found:
-        raise results.ResultsError("no studies under runs/ or experiments/: run python -m roadmap.sweep +step=all first, or name a study")
+        raise results.ResultsError(
+            "no studies under runs/ or experiments/: run python -m roadmap.sweep +step=all first, or name a study"
+        )
     return found
 
 

@@ -2,14 +2,14 @@
 
 from roadmap.config import STEPS, compose, expand_steps
 from roadmap.errors import ConfigError, DataError, ResultsError, RoadmapError, RunDirError, WeightImportError
-from roadmap.complexity import Complexity, complexity
+from roadmap.complexity import Complexity
+from roadmap.config import model_config
 from roadmap.model import ConvNet, ModelConfig
+from roadmap.steps import complexity
 
 
 def build_model(cfg) -> ConvNet:
     """The network of a composed config (roadmap.compose), a RunConfig or a ModelConfig."""
-    from roadmap.config import model_config
-
     return ConvNet(model_config(cfg))
 
 

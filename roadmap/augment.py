@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 
 from roadmap.errors import ConfigError
 from roadmap.randaugment import Policy, RandAugment, fill_colour
+from roadmap.recipe import RecipeConfig
 
 def _first_valid(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Index of the first True of each row, and whether a row has any."""
@@ -75,7 +76,7 @@ def crop_flip_theta(boxes: torch.Tensor, flip: torch.Tensor, height: int, width:
 
 def warp(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
     """grid_sample with one affine matrix per image. The grid is affine_grid's, built
-    from the pixel-centre coordinates by broadcasting (8x faster than affine_grid for
+    from the pixel-centre coordinates by broadcasting (faster than affine_grid for
     small images)."""
     n, _, h, w = x.shape
     t = theta.to(x.device, x.dtype)
@@ -87,7 +88,9 @@ def warp(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
     return F.grid_sample(x, torch.stack([gx, gy], -1), mode=mode, padding_mode="zeros", align_corners=False)
 
 
-def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, scale=(0.02, 1 / 3), ratio=(0.3, 3.3)) -> torch.Tensor:
+def random_erasing(
+    x: torch.Tensor, p: float, g: torch.Generator, scale=(0.02, 1 / 3), ratio=(0.3, 3.3)
+) -> torch.Tensor:
     """timm's RandomErasing (mode 'pixel', one box): with probability p per image, a box
     of random area and aspect filled with normal noise, on normalized images."""
     n, _, h, w = x.shape
@@ -135,7 +138,9 @@ class BatchAugment:
         self.randaugment = None
         if policy is not None and policy.magnitude > 0:
             if len(mean) not in (1, 3):
-                raise ConfigError(f"RandAugment works on grey or RGB images, not {len(mean)} channels: set recipe.randaugment=null")
+                raise ConfigError(
+                    f"RandAugment works on grey or RGB images, not {len(mean)} channels: set recipe.randaugment=null"
+                )
             self.randaugment = RandAugment(policy, fill_colour(mean), interpolation)
         self.erasing = random_erasing
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
@@ -144,7 +149,29 @@ class BatchAugment:
         self.mix: Optional[v2.Transform] = v2.RandomChoice(mixers) if mixers else None
         self.num_classes = num_classes
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, g: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    @classmethod
+    def for_recipe(cls, recipe: RecipeConfig, num_classes: int, mean: Sequence[float], std: Sequence[float],
+                   crop: bool) -> "BatchAugment":
+        """The recipe's pipeline at its regularization strength; `crop` where the data is in memory."""
+        r = recipe
+        return cls(
+            crop=crop,
+            crop_scale=r.crop_scale,
+            hflip=r.hflip if crop else 0.0,
+            interpolation=r.interpolation.value,
+            randaugment=r.randaugment,
+            randaugment_scale=r.regularization,
+            random_erasing=r.scaled(r.random_erasing),
+            mixup=r.scaled(r.mixup),
+            cutmix=r.scaled(r.cutmix),
+            num_classes=num_classes,
+            mean=mean,
+            std=std,
+        )
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, g: torch.Generator
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """uint8 (N, C, H, W) and int labels -> normalized float images and soft targets."""
         return self.mix_batch(self.per_image(images, g), labels)
 
@@ -178,4 +205,6 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 
 
 def prepare_eval(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    return normalize(images.float().div_(255), torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
+    return normalize(
+        images.float().div_(255), torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    )

@@ -37,15 +37,16 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from roadmap.cli import one_line_errors, read_argv
-from roadmap.complexity import complexity, count_steps
+from roadmap.steps import complexity, count_steps
 from roadmap.config import STEPS, compose, expand_steps, model_config, validate
-from roadmap.errors import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, check_ranges
+from roadmap.data import Data
+from roadmap.errors import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, DataError, check_ranges
+from roadmap.machine import Machine, autocast, library_versions
 from roadmap.model import ConvNet, ModelConfig
 from roadmap.weights import WeightImportError, import_weights
 
@@ -122,7 +123,9 @@ def torchvision_convnext(cfg: ModelConfig) -> nn.Module:
 
     widths = cfg.widths + [None]
     setting = [CNBlockConfig(widths[i], widths[i + 1], d) for i, d in enumerate(cfg.depths)]
-    m = ConvNeXt(setting, stochastic_depth_prob=cfg.drop_path_rate, layer_scale=cfg.layer_scale, num_classes=cfg.num_classes)
+    m = ConvNeXt(
+        setting, stochastic_depth_prob=cfg.drop_path_rate, layer_scale=cfg.layer_scale, num_classes=cfg.num_classes
+    )
     if cfg.in_chans != 3 or cfg.patch_size != 4:  # its stem conv is fixed at 3 channels, 4x4
         m.features[0][0] = nn.Conv2d(cfg.in_chans, cfg.widths[0], cfg.patch_size, cfg.patch_size)
     return m
@@ -139,13 +142,18 @@ HAS_TIMM = importlib.util.find_spec("timm") is not None  # a test extra: without
 
 # Each end's references: (implementation, builder, whether it can build this config).
 REFERENCES = {
-    "resnet": [("torchvision", torchvision_resnet, lambda c: True),
-               ("timm", timm_resnet, lambda c: HAS_TIMM and c.widths[0] == 64)],  # timm's stem is 64 channels whatever the widths
-    "separate_downsampling": [("torchvision", torchvision_convnext, lambda c: True), ("timm", timm_convnext, lambda c: HAS_TIMM)],
+    "resnet": [
+        ("torchvision", torchvision_resnet, lambda c: True),
+        ("timm", timm_resnet, lambda c: HAS_TIMM and c.widths[0] == 64),
+    ],  # timm's stem is 64 channels whatever the widths
+    "separate_downsampling": [
+        ("torchvision", torchvision_convnext, lambda c: True),
+        ("timm", timm_convnext, lambda c: HAS_TIMM),
+    ],
 }
 
 
-def _overrides(regime: str, device: str) -> List[str]:
+def overrides_for(regime: str, device: str) -> List[str]:
     resolution = SHAPES[device][regime][0]
     data = [] if regime == "micro" else ["data=imagenet", f"data.image_size={resolution}"]
     return [f"regime={regime}", *data]
@@ -154,9 +162,13 @@ def _overrides(regime: str, device: str) -> List[str]:
 def entries(cfg: BenchConfig) -> List[Entry]:
     out = []
     for regime in cfg.regimes:
-        steps = expand_steps(cfg.steps) if regime != "r200" else [s for s in ENDS if s in expand_steps(cfg.steps)] or list(ENDS)
+        steps = (
+            expand_steps(cfg.steps)
+            if regime != "r200"
+            else [s for s in ENDS if s in expand_steps(cfg.steps)] or list(ENDS)
+        )
         for step in steps:
-            mcfg = model_config(compose(step, *_overrides(regime, cfg.device)))
+            mcfg = model_config(compose(step, *overrides_for(regime, cfg.device)))
             variants = [False, True] if cfg.device == "cuda" else [False]
             for compiled in variants:
                 out.append(Entry(regime, step, "roadmap", ConvNet, mcfg, compiled=compiled))
@@ -173,19 +185,23 @@ def entries(cfg: BenchConfig) -> List[Entry]:
 class Runner:
     """One network, ready to train and infer on the batch, and to be timed."""
 
-    def __init__(self, entry: Entry, device: torch.device, batch: int, resolution: int, in_chans: int, num_classes: int):
+    def __init__(
+        self, entry: Entry, device: torch.device, batch: int, resolution: int, in_chans: int, num_classes: int
+    ):
         self.device = device
         torch.manual_seed(0)
         self.model = entry.build(entry.cfg).to(device, memory_format=torch.channels_last)
         self.net = torch.compile(self.model) if entry.compiled else self.model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(batch, in_chans, resolution, resolution, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+        self.x = (
+            torch.randn(batch, in_chans, resolution, resolution, generator=g)
+            .to(device)
+            .contiguous(memory_format=torch.channels_last)
+        )
         self.y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
         self.batch = batch
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self._autocast = autocast(device, bf16=True)  # as the trainer: bf16 on CUDA, fp32 on the CPU
 
     def train_step(self) -> None:
         self.model.train()
@@ -215,8 +231,12 @@ class Runner:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.train_step()
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        live = sum(t.numel() * t.element_size() for t in _tensors(self.model, self.optimizer)) + self.x.nbytes + self.y.nbytes
-        return (live + _cpu_step_growth(self.train_step)) / 2**20
+        live = (
+            sum(t.numel() * t.element_size() for t in _tensors(self.model, self.optimizer))
+            + self.x.nbytes
+            + self.y.nbytes
+        )
+        return (live + cpu_step_growth(self.train_step)) / 2**20
 
 
 def _tensors(model: nn.Module, optimizer: torch.optim.Optimizer):
@@ -226,7 +246,7 @@ def _tensors(model: nn.Module, optimizer: torch.optim.Optimizer):
         yield from (v for v in state.values() if torch.is_tensor(v))
 
 
-def _cpu_step_growth(fn: Callable[[], None]) -> int:
+def cpu_step_growth(fn: Callable[[], None]) -> int:
     """The most bytes the CPU allocator holds on top of what was live when `fn` began,
     from the profiler's allocation events (torch keeps no CPU memory statistics)."""
     from torch.profiler import ProfilerActivity, profile
@@ -266,12 +286,10 @@ def data_pipeline(device: torch.device) -> Optional[Callable[[int], float]]:
     """Images/s of the training data path for Fashion-MNIST under the convnext recipe's
     augmentation at full strength (budget=paper), batch 256: batching, crop and flip,
     RandAugment, erasing, MixUp/CutMix, channels-last. None if the data is missing."""
-    from roadmap.train import Data
-
     run = validate(compose("separate_downsampling", "budget=paper", "recipe.batch_size=256"))
     try:
-        data = Data(run, device, 0, 1, 256)
-    except ConfigError:
+        data = Data(run.data, run.recipe, run.seed, Machine(0, 1, 0, device), 256)
+    except DataError:
         return None
     g = torch.Generator().manual_seed(0)
     stream = [data.augmented_batches(0, 0, g)]
@@ -355,7 +373,7 @@ def prepare(e: Entry, device: torch.device, cfg: BenchConfig) -> Runner:
     e.result.update(params=sum(p.numel() for p in r.model.parameters()), batch=batch, resolution=resolution)
     e.result["gmacs"] = complexity(mcfg, resolution).gmacs
     if e.ours:
-        e.result["same_network"] = _same_network(ConvNet(mcfg), r.model)
+        e.result["same_network"] = same_network(ConvNet(mcfg), r.model)
     for _ in range(2):
         r.train_step()
         r.infer_step()
@@ -366,7 +384,7 @@ def prepare(e: Entry, device: torch.device, cfg: BenchConfig) -> Runner:
     return r
 
 
-def _same_network(ours: nn.Module, ref: nn.Module) -> bool:
+def same_network(ours: nn.Module, ref: nn.Module) -> bool:
     try:
         import_weights(ours, ref.state_dict())
     except WeightImportError:
@@ -393,12 +411,23 @@ def rows(result: Dict) -> List[Dict]:
         name = f"{e.name}{' (compiled)' if e.compiled else ''}"
         if e.ours:
             name = f"{name} (same network: {'yes' if r['same_network'] else 'NO'})"
-        out.append({
-            "regime": f"{e.regime} @{r['resolution']}", "network": name, "impl": e.impl, "params_m": r["params"] / 1e6,
-            "gmacs": r["gmacs"], "batch": r["batch"], "train_img_s": r["train_img_s"], "infer_img_s": r["infer_img_s"],
-            "train_gflop_s": r["train_gflop_s"], "matmul_pct": 100 * r["matmul_share"], "peak_memory_mb": r["peak_memory_mb"],
-            "ratio_train": r.get("ratio_train"), "ratio_infer": r.get("ratio_infer"),
-        })
+        out.append(
+            {
+                "regime": f"{e.regime} @{r['resolution']}",
+                "network": name,
+                "impl": e.impl,
+                "params_m": r["params"] / 1e6,
+                "gmacs": r["gmacs"],
+                "batch": r["batch"],
+                "train_img_s": r["train_img_s"],
+                "infer_img_s": r["infer_img_s"],
+                "train_gflop_s": r["train_gflop_s"],
+                "matmul_pct": 100 * r["matmul_share"],
+                "peak_memory_mb": r["peak_memory_mb"],
+                "ratio_train": r.get("ratio_train"),
+                "ratio_infer": r.get("ratio_infer"),
+            }
+        )
     return out
 
 
@@ -411,62 +440,69 @@ def markdown(table: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
 def targets(result: Dict, device: str) -> List[str]:
     """The issue's targets, each with the measured figure and PASS or MISS."""
     entries = result["entries"]
-    lines = []
-
-    def verdict(ok: bool) -> str:
-        return "PASS" if ok else "MISS"
-
-    lines.append(f"dense matmul ({'bf16 8192' if device == 'cuda' else 'fp32 2048'}^2): {result['matmul_gflops']:.1f} GFLOP/s (median)")
-    refs = [e for e in entries if e.ours and e.regime in ("micro", "r50")]
-    for e in refs:
+    lines = [f"dense matmul ({'bf16 8192' if device == 'cuda' else 'fp32 2048'}^2): "
+             f"{result['matmul_gflops']:.1f} GFLOP/s (median)"]
+    for e in (e for e in entries if e.ours and e.regime in ("micro", "r50")):
         r = e.result
         ok = r["ratio_train"] >= 1.0 and r["ratio_infer"] >= 1.0
-        lines.append(f"ours / {e.impl} {e.name} ({e.regime}{', compiled' if e.compiled else ''}): train {r['ratio_train']:.2f}, "
-                     f"inference {r['ratio_infer']:.2f} (target >= 1.0): {verdict(ok)}")
+        lines.append(f"ours / {e.impl} {e.name} ({e.regime}{', compiled' if e.compiled else ''}): "
+                     f"train {r['ratio_train']:.2f}, inference {r['ratio_infer']:.2f} (target >= 1.0): {verdict(ok)}")
     r50 = [e for e in entries if e.regime == "r50" and e.impl == "roadmap" and not e.compiled]
     if r50 and device == "cpu":
         worst = min(r50, key=lambda e: e.result["matmul_share"])
-        lines.append(f"r50 training FLOP rate: lowest {100 * worst.result['matmul_share']:.0f}% of matmul ({worst.name}), "
-                     f"median {100 * statistics.median(e.result['matmul_share'] for e in r50):.0f}% (target >= 35%): "
+        median = statistics.median(e.result["matmul_share"] for e in r50)
+        lines.append(f"r50 training FLOP rate: lowest {100 * worst.result['matmul_share']:.0f}% of matmul "
+                     f"({worst.name}), median {100 * median:.0f}% (target >= 35%): "
                      f"{verdict(worst.result['matmul_share'] >= 0.35)}")
+    lines += data_and_counting_targets(result, entries)
+    if device == "cuda":
+        for e in entries:
+            if e.regime == "r50" and e.name == "separate_downsampling" and e.impl == "roadmap":
+                lines.append(f"ConvNeXt-T inference{' (compiled)' if e.compiled else ''}: "
+                             f"{e.result['infer_img_s']:.0f} img/s, paper (A100, TF32): {PAPER_A100_CONVNEXT_T} img/s")
+    return lines
+
+
+def data_and_counting_targets(result: Dict, entries: List[Entry]) -> List[str]:
+    lines = []
     micro = [e for e in entries if e.regime == "micro" and e.impl == "roadmap"]
     if result["data_img_s"] is not None and micro:
         fastest = max(micro, key=lambda e: e.result["train_img_s"])
         ratio = result["data_img_s"] / fastest.result["train_img_s"]
-        lines.append(f"data pipeline (Fashion-MNIST, convnext recipe augmentation, batch 256): {result['data_img_s']:.0f} img/s = "
-                     f"{ratio:.1f}x the fastest micro training ({fastest.name}, {fastest.result['train_img_s']:.0f} img/s) "
+        lines.append(f"data pipeline (Fashion-MNIST, convnext recipe augmentation, batch 256): "
+                     f"{result['data_img_s']:.0f} img/s = {ratio:.1f}x the fastest micro training "
+                     f"({fastest.name}, {fastest.result['train_img_s']:.0f} img/s) "
                      f"(target >= 10x): {verdict(ratio >= 10)}")
     elif micro:
         lines.append("data pipeline: not measured (no Fashion-MNIST here: make data)")
     if result["counting_s"] is not None:
-        lines.append(f"compose + count params and MACs of all {2 * len(STEPS)} steps of r50 and r200: {result['counting_s']:.2f} s "
-                     f"(target <= 5 s): {verdict(result['counting_s'] <= 5)}")
-    if device == "cuda":
-        for e in entries:
-            if e.regime == "r50" and e.name == "separate_downsampling" and e.impl == "roadmap":
-                lines.append(f"ConvNeXt-T inference{' (compiled)' if e.compiled else ''}: {e.result['infer_img_s']:.0f} img/s, "
-                             f"paper (A100, TF32): {PAPER_A100_CONVNEXT_T} img/s")
+        lines.append(f"compose + count params and MACs of all {2 * len(STEPS)} steps of r50 and r200: "
+                     f"{result['counting_s']:.2f} s (target <= 5 s): {verdict(result['counting_s'] <= 5)}")
     return lines
 
 
 def machine(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
-    return (f"{where}; python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-            f"timm {_version('timm')}")
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
+    return f"{where}; " + ", ".join(f"{k} {v}" for k, v in library_versions("timm").items())
 
 
 def report(result: Dict, cfg: BenchConfig, command: str) -> str:

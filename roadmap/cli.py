@@ -182,7 +182,10 @@ def run(main: Callable[[CommandLine], int], usage: str) -> None:
 def one_step(cmd: CommandLine, task: str) -> str:
     steps = cmd.steps()
     if not steps:
-        raise ConfigError("no step given: add +step=<name>, e.g. +step=separate_downsampling (see python -m roadmap.inspect +step=all)")
+        raise ConfigError(
+            "no step given: add +step=<name>, e.g. +step=separate_downsampling "
+            "(see python -m roadmap.inspect +step=all)"
+        )
     if len(steps) != 1:
         listed = ",".join(steps) if len(steps) < 4 else "all"
         raise ConfigError(f"{task} takes one step, not {len(steps)}: use python -m roadmap.sweep +step={listed}")

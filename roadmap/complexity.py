@@ -9,21 +9,16 @@ meta device: shapes only, no memory, no arithmetic.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable, List, Optional, Sequence, TypeVar, Union
+from typing import Union
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import StochasticDepth
 
-from roadmap.config import compose, model_config
 from roadmap.errors import ConfigError
-from roadmap.model import ConvNet, num_params
+from roadmap.model import ConvNet, ModelConfig, num_params
 
 
 @dataclass(frozen=True)
@@ -42,8 +37,9 @@ class Complexity:
 
 
 # Layers that keep their input's shape and do no conv or matmul work. On the meta
-# device their kernels are Python decompositions (a BatchNorm costs ~2 ms there, more
-# than a conv), so counting passes their input straight through: same count, 3x faster.
+# device their kernels are Python decompositions (a BatchNorm costs more there than a
+# conv), so counting passes their input straight through: the same count, faster
+# (BENCHMARKS.md, 'Counting').
 SHAPE_PRESERVING = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.ReLU, nn.GELU, nn.Dropout, StochasticDepth)
 
 
@@ -76,58 +72,18 @@ def count_macs(model: nn.Module, resolution: int, in_chans: int) -> int:
     return counter.get_total_flops() // 2
 
 
-def complexity(model_or_cfg: Union[nn.Module, object], resolution: Optional[int] = None) -> Complexity:
-    """Parameters and MACs of a model, or of the model a config describes (built on the
-    meta device). `resolution` defaults to the config's data.image_size, else 224."""
-    if isinstance(model_or_cfg, nn.Module):
-        model = model_or_cfg
-        in_chans = model.cfg.in_chans if isinstance(model, ConvNet) else _in_chans(model)
-    else:
-        if resolution is None:
-            resolution = _image_size(model_or_cfg)
-        mcfg = model_config(model_or_cfg)
-        with torch.device("meta"):
-            model = ConvNet(mcfg)
-        in_chans = mcfg.in_chans
-    resolution = 224 if resolution is None else resolution
+def complexity(model: Union[nn.Module, ModelConfig], resolution: int = 224) -> Complexity:
+    """Parameters and MACs of a network, or of the one a ModelConfig describes (built on the
+    meta device: no memory, no arithmetic), for one square image of side `resolution`."""
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ConfigError(f"resolution={resolution!r} is not valid: give the image side in pixels, a positive integer")
+    if isinstance(model, ModelConfig):
+        with torch.device("meta"):
+            model = ConvNet(model)
+    in_chans = model.cfg.in_chans if isinstance(model, ConvNet) else _in_chans(model)
     return Complexity(num_params(model), count_macs(model, resolution, in_chans), resolution)
-
-
-def _image_size(cfg) -> Optional[int]:
-    data = getattr(cfg, "data", None)
-    return getattr(data, "image_size", None) if data is not None else None
 
 
 def _in_chans(model: nn.Module) -> int:
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     return first.in_channels
-
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def map_steps(fn: Callable[[T], R], items: Sequence[T], processes: Optional[int] = None) -> List[R]:
-    """[fn(item) for item in items], shared among forked processes when the machine has
-    several cores. Composing a step through Hydra and counting it on the meta device are
-    pure Python (~0.15 s a step), so N cores count N steps at once. `fn` must be a
-    module-level function (or a partial of one) returning picklable values."""
-    processes = min(processes or len(os.sched_getaffinity(0)), len(items))
-    if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [fn(item) for item in items]
-    # fork: the children inherit the imports; they run no OpenMP kernel (meta device only)
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(fn, items))
-
-
-def _count_step(step: str, overrides: Sequence[str], resolution: Optional[int]) -> Complexity:
-    return complexity(compose(step, *overrides), resolution)
-
-
-def count_steps(steps: Sequence[str], *overrides: str, resolution: Optional[int] = None,
-                processes: Optional[int] = None) -> List[Complexity]:
-    """Params and MACs of each step, composed with `overrides`:
-    `count_steps(roadmap.STEPS, "regime=r50", "data=imagenet")` is Table 10's column."""
-    return map_steps(partial(_count_step, overrides=list(overrides), resolution=resolution), list(steps), processes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -22,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from roadmap.data import DataConfig
-from roadmap.errors import HALF_OPEN, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, check_ranges
+from roadmap.errors import Choice, HALF_OPEN, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, check_ranges
+from roadmap.machine import Device
 from roadmap.model import ModelConfig
 from roadmap.recipe import RecipeConfig
 
@@ -78,11 +78,13 @@ class RegimeConfig:
     ConvNeXt-B; micro: the same path, narrower and shallower, for small images."""
 
     name: str
+    """r50, r200 or micro: the study's name ends with it."""
     resnet_depths: List[int]
     """Blocks per stage of the starting ResNet."""
     depths: List[int]
     """Blocks per stage from `stage_ratio` on (1:1:3:1)."""
     resnet_widths: List[int]
+    """Widths of the starting ResNet (the paper's numbers: a bottleneck's inner width)."""
     stage_ratio_widths: List[int]
     """Widths from `stage_ratio` on (r200 also widens there, 64 -> 84)."""
     wider_widths: List[int]
@@ -91,14 +93,18 @@ class RegimeConfig:
     """Stochastic depth of the modern recipe (0.1 for T, 0.5 for B)."""
 
     def __post_init__(self) -> None:
-        check_ranges(self, "regime", {"resnet_depths": POSITIVE_INT, "depths": POSITIVE_INT, "resnet_widths": POSITIVE_INT,
-                                      "stage_ratio_widths": POSITIVE_INT, "wider_widths": POSITIVE_INT, "drop_path_rate": HALF_OPEN})
-
-
-class Device(str, Enum):
-    auto = "auto"  # CUDA when there is a GPU, else the CPU
-    cpu = "cpu"
-    cuda = "cuda"
+        check_ranges(
+            self,
+            "regime",
+            {
+                "resnet_depths": POSITIVE_INT,
+                "depths": POSITIVE_INT,
+                "resnet_widths": POSITIVE_INT,
+                "stage_ratio_widths": POSITIVE_INT,
+                "wider_widths": POSITIVE_INT,
+                "drop_path_rate": HALF_OPEN,
+            },
+        )
 
 
 @dataclass
@@ -106,10 +112,11 @@ class TrainConfig:
     """How a run uses the machine; none of it changes the recipe."""
 
     device: Device = Device.auto
+    """auto (CUDA when there is a GPU, else the CPU), cpu or cuda."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on the CPU)."""
     channels_last: bool = True
-    """channels-last memory layout (on the CPU too: 1.1-2.6x faster training for the micro steps with BatchNorm)."""
+    """channels-last memory layout, on the CPU too (faster for the micro steps with BatchNorm: BENCHMARKS.md)."""
     compile: bool = False
     """torch.compile the model."""
     threads: int = 0
@@ -121,32 +128,52 @@ class TrainConfig:
         check_ranges(self, "train", {"threads": NON_NEGATIVE_INT})
 
 
+class LoggerKind(Choice):
+    none = "none"  # the run directory only
+    wandb = "wandb"  # Weights & Biases too
+
+
+class WandbMode(Choice):
+    auto = "auto"  # online with WANDB_API_KEY set, else offline
+    online = "online"
+    offline = "offline"
+
+
 @dataclass
 class LoggerConfig:
-    kind: str = "none"
-    """none or wandb (the run directory is always written)."""
-    project: str = "roadmap"
-    entity: Optional[str] = None
-    mode: str = "auto"
-    """wandb mode: online, offline, or auto (offline when no API key is set)."""
+    """Where epochs are logged besides the run directory (which is always written)."""
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("none", "wandb"):
-            raise ConfigError(f"logger.kind={self.kind} is not valid: choose none or wandb")
-        if self.mode not in ("auto", "online", "offline"):
-            raise ConfigError(f"logger.mode={self.mode} is not valid: choose auto, online or offline")
+    kind: LoggerKind = LoggerKind.none
+    """none or wandb."""
+    project: str = "roadmap"
+    """The W&B project."""
+    entity: Optional[str] = None
+    """The W&B entity (user or team); None: the API key's default."""
+    mode: WandbMode = WandbMode.auto
+    """wandb mode: online, offline, or auto (offline when no API key is set)."""
 
 
 @dataclass
 class RunConfig:
+    """Everything a run is: its step, the regime's sizes, the data, the network, the
+    recipe, how it uses the machine, where it logs, its seed and its study."""
+
     step: StepConfig = field(default_factory=StepConfig)
+    """Which step of the roadmap (+step=<name>)."""
     regime: RegimeConfig = field(default_factory=lambda: RegimeConfig("?", [], [], [], [], [], 0.0))
+    """The sizes the step files refer to (regime=r50, r200, micro)."""
     data: DataConfig = field(default_factory=lambda: DataConfig("?", "fashion_mnist", 32, 1, 10))
+    """The images (data=fashion_mnist, cifar10, imagenet, ...)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The network: every design decision of the roadmap (roadmap/model.py)."""
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    """How it is trained (recipe=classic, convnext; roadmap/recipe.py)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """How the run uses the machine."""
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    """Where epochs are logged besides the run directory."""
     seed: int = 0
+    """Seeds the network's init, the data order, every augmentation draw and stochastic depth."""
     study: str = "${data.name}_${regime.name}"
     """The study's name: its runs live in runs/<study>/<step>/seed<k>/ (swept keys add a level each)."""
 
@@ -162,12 +189,18 @@ class RunConfig:
         if d.image_size < m.total_stride:
             stem = f"model.stem={m.stem.value}" + (f" (patch {m.patch_size})" if m.stem.value == "patchify" else "")
             raise ConfigError(
-                f"data.image_size={d.image_size} conflicts with {stem} and {len(m.depths)} stages: the last stage would "
+                f"data.image_size={d.image_size} conflicts with {stem} and {len(m.depths)} stages: "
+                "the last stage would "
                 f"see less than one pixel; use data.image_size>={m.total_stride}, a smaller patch or fewer stages"
             )
 
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def step_order(step: Optional[str]) -> int:
+    """A step's place in the roadmap (STEPS); steps a user added come after the paper's."""
+    return STEPS.index(step) if step in STEPS else len(STEPS)
 
 
 def available_steps() -> List[str]:
@@ -202,7 +235,9 @@ def _check_group_choices(overrides: Sequence[str]) -> None:
     for ov in OverridesParser.create().parse_overrides(list(overrides)):
         value = ov.value()
         if ov.key_or_group in GROUPS and isinstance(value, str) and value not in options(ov.key_or_group):
-            raise ConfigError(f"unknown {ov.key_or_group} '{value}': choose one of {', '.join(options(ov.key_or_group))}")
+            raise ConfigError(
+                f"unknown {ov.key_or_group} '{value}': choose one of {', '.join(options(ov.key_or_group))}"
+            )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -315,4 +350,6 @@ def model_config(cfg) -> ModelConfig:
     if isinstance(cfg, DictConfig):
         node = cfg.model if "model" in cfg else cfg
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node))  # type: ignore[return-value]
-    raise ConfigError(f"expected a composed config (roadmap.compose), a RunConfig or a ModelConfig, not {type(cfg).__name__}")
+    raise ConfigError(
+        f"expected a composed config (roadmap.compose), a RunConfig or a ModelConfig, not {type(cfg).__name__}"
+    )

@@ -11,24 +11,51 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from roadmap.errors import FINITE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, DataError, check_ranges
+from roadmap.augment import BatchAugment
+from roadmap.errors import (
+    Choice,
+    FINITE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    ConfigError,
+    DataError,
+    check_ranges,
+)
+from roadmap.machine import Machine
+from roadmap.recipe import RecipeConfig
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IN_MEMORY = ("fashion_mnist", "cifar10", "cifar100")
-FOLDER = ("imagefolder",)
+
+
+class Source(Choice):
+    """Where images come from. In-memory sources have a loader in IN_MEMORY_LOADERS."""
+
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    imagefolder = "imagefolder"  # train/ and val/ trees of class folders, decoded in workers
 
 
 # Where each numeric field may lie (finite in any case).
-DATA_RANGES = {"image_size": POSITIVE_INT, "channels": POSITIVE_INT, "num_classes": POSITIVE_INT, "train_limit": NON_NEGATIVE_INT,
-               "test_limit": NON_NEGATIVE_INT, "workers": NON_NEGATIVE_INT, "mean": FINITE, "std": POSITIVE}
+DATA_RANGES = {
+    "image_size": POSITIVE_INT,
+    "channels": POSITIVE_INT,
+    "num_classes": POSITIVE_INT,
+    "train_limit": NON_NEGATIVE_INT,
+    "test_limit": NON_NEGATIVE_INT,
+    "workers": NON_NEGATIVE_INT,
+    "mean": FINITE,
+    "std": POSITIVE,
+}
 
 
 @dataclass
@@ -37,11 +64,14 @@ class DataConfig:
 
     name: str
     """The dataset's name, for run and study directories (fashion_mnist, imagenet, imagenette, ...)."""
-    source: str
+    source: Source
     """Where the images come from: fashion_mnist, cifar10, cifar100 or imagefolder."""
     image_size: int
+    """Side of the square images the network sees, in pixels (Fashion-MNIST is padded 28 -> 32)."""
     channels: int
+    """1 (grey) or 3 (RGB); the model's in_chans follows it."""
     num_classes: int
+    """Classes; the model's num_classes follows it."""
     root: Optional[str] = None
     """Where the local copy lives, and only there (downloads go there too): Fashion-MNIST's IDX
     files in it or in <root>/FashionMNIST/raw, <root>/cifar-10-batches-py, or, for
@@ -50,16 +80,18 @@ class DataConfig:
     download: bool = True
     """Try torchvision's downloader when no local copy exists."""
     mean: List[float] = field(default_factory=lambda: [0.5])
+    """Per-channel mean of the training images in [0, 1], for normalization (and RandAugment's fill)."""
     std: List[float] = field(default_factory=lambda: [0.5])
+    """Per-channel standard deviation, > 0."""
     train_limit: int = 0
     """Use only this many training images (a fixed random subset); 0 = all."""
     test_limit: int = 0
+    """Use only this many test images; 0 = all."""
     workers: int = 4
     """DataLoader workers that decode image folders."""
 
     def __post_init__(self) -> None:
-        if self.source not in IN_MEMORY + FOLDER:
-            raise ConfigError(f"data.source={self.source} is not valid: choose one of {', '.join(IN_MEMORY + FOLDER)}")
+        self.source = Source(self.source)
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ConfigError(
                 f"data.mean/data.std have {len(self.mean)}/{len(self.std)} entries but data.channels={self.channels}: "
@@ -76,7 +108,9 @@ class TensorData:
     """A whole split in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
 
     images: torch.Tensor
+    """uint8, (N, C, H, W)."""
     labels: torch.Tensor
+    """int64 class indices, (N,)."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -114,10 +148,17 @@ def _pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(images, (left, size - w - left, top, size - h - top))
 
 
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
-def load_fashion_mnist(root: Optional[str], image_size: int = 32, download: bool = True) -> Tuple[TensorData, TensorData]:
+def load_fashion_mnist(
+    root: Optional[str], image_size: int = 32, download: bool = True
+) -> Tuple[TensorData, TensorData]:
     """Fashion-MNIST from `root` (the IDX files in it, in <root>/FashionMNIST/raw or in
     <root>/fashion-mnist) and only there; without a root, from Debian's
     dataset-fashion-mnist, else data/. A download goes to the root (data/ without one)."""
@@ -135,14 +176,23 @@ def load_fashion_mnist(root: Optional[str], image_size: int = 32, download: bool
         except Exception as e:  # no network, a proxy, a full disk: all end the same way
             problem = f"the download failed ({type(e).__name__})"
     if files is None or not all(files):
-        where = f"data.root={root} (nor in its FashionMNIST/raw/ or fashion-mnist/)" if root else f"{folders[0]} or {folders[1]}"
-        fix = ("put the four IDX files there, or drop data.root to use Debian's dataset-fashion-mnist (make data)" if root
-               else f"run `make data` (installs Debian's dataset-fashion-mnist) or put the four IDX files in {folders[1]}")
+        where = (
+            f"data.root={root} (nor in its FashionMNIST/raw/ or fashion-mnist/)"
+            if root
+            else f"{folders[0]} or {folders[1]}"
+        )
+        fix = (
+            "put the four IDX files there, or drop data.root to use Debian's dataset-fashion-mnist (make data)"
+            if root
+            else f"run `make data` (installs Debian's dataset-fashion-mnist) or put the four IDX files in {folders[1]}"
+        )
         raise DataError(f"Fashion-MNIST not found in {where} and {problem}: {fix}")
     try:
         xtr, ytr, xte, yte = (_read_idx(f) for f in files)
     except Exception as e:
-        raise DataError(f"Fashion-MNIST files in {files[0].parent} are unreadable ({e}): reinstall them (`make data`)") from e
+        raise DataError(
+            f"Fashion-MNIST files in {files[0].parent} are unreadable ({e}): reinstall them (`make data`)"
+        ) from e
     pad = lambda x: _pad_to(x.unsqueeze(1), image_size)  # noqa: E731
     return TensorData(pad(xtr), ytr.long()), TensorData(pad(xte), yte.long())
 
@@ -156,11 +206,14 @@ def _fashion_mnist_folders(root: Optional[str]) -> List[Path]:
     return [Path(root), Path(root) / "FashionMNIST" / "raw", Path(root) / "fashion-mnist"]
 
 
-def load_cifar(source: str, root: Optional[str], image_size: int = 32, download: bool = True) -> Tuple[TensorData, TensorData]:
+def load_cifar(
+    classes: int, root: Optional[str], image_size: int = 32, download: bool = True
+) -> Tuple[TensorData, TensorData]:
+    """CIFAR-10 or CIFAR-100 (`classes`) through torchvision, from <root>/ (data/ without one)."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
     root = root or "data"
-    cls = CIFAR10 if source == "cifar10" else CIFAR100
+    cls = CIFAR10 if classes == 10 else CIFAR100
     try:
         splits = [cls(root, train=t, download=download) for t in (True, False)]
     except Exception as e:
@@ -175,18 +228,24 @@ def load_cifar(source: str, root: Optional[str], image_size: int = 32, download:
     return out[0], out[1]
 
 
+# The in-memory sources: adding a dataset is one entry, a loader(root, image_size, download).
+IN_MEMORY_LOADERS: Dict[Source, Callable[[Optional[str], int, bool], Tuple[TensorData, TensorData]]] = {
+    Source.fashion_mnist: load_fashion_mnist,
+    Source.cifar10: partial(load_cifar, 10),
+    Source.cifar100: partial(load_cifar, 100),
+}
+
+
 @functools.lru_cache(maxsize=2)
-def _load_cached(source: str, root: Optional[str], image_size: int, download: bool) -> Tuple[TensorData, TensorData]:
+def _load_cached(source: Source, root: Optional[str], image_size: int, download: bool) -> Tuple[TensorData, TensorData]:
     """Read a dataset once per process (a sweep trains many steps on it); nothing mutates it."""
-    if source == "fashion_mnist":
-        return load_fashion_mnist(root, image_size, download)
-    return load_cifar(source, root, image_size, download)
+    return IN_MEMORY_LOADERS[source](root, image_size, download)
 
 
 def load_in_memory(cfg: DataConfig, seed: int = 0) -> Tuple[TensorData, TensorData]:
     train, test = _load_cached(cfg.source, cfg.root, cfg.image_size, cfg.download)
     if train.images.shape[1] != cfg.channels:
-        raise DataError(f"{cfg.source} has {train.images.shape[1]} channels but data.channels={cfg.channels}")
+        raise DataError(f"{cfg.source.value} has {train.images.shape[1]} channels but data.channels={cfg.channels}")
     return train.subset(cfg.train_limit, seed), test.subset(cfg.test_limit, seed)
 
 
@@ -211,7 +270,8 @@ def batches(
 # ----------------------------------------------------------------------------- image folders
 
 
-def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float], hflip: float = 0.5, interpolation: str = "bicubic"):
+def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float], hflip: float = 0.5,
+                    interpolation: str = "bicubic"):
     """train/ and val/ class folders: decoded, random-resized-cropped and flipped (with
     probability `hflip`) per image in workers (train); resized to size/0.875 and
     centre-cropped (val); both resampled with `interpolation`. uint8 out."""
@@ -219,7 +279,9 @@ def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float], hflip: flo
     from torchvision.transforms import v2
 
     if not cfg.root:
-        raise DataError("data.root is not set: point it at a folder holding train/ and val/, each with one sub-folder per class")
+        raise DataError(
+            "data.root is not set: point it at a folder holding train/ and val/, each with one sub-folder per class"
+        )
     root = Path(cfg.root)
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -253,6 +315,72 @@ def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float], hflip: flo
     if cfg.test_limit:
         val = torch.utils.data.Subset(val, list(range(min(cfg.test_limit, len(val)))))
     return train, val
+
+
+# ----------------------------------------------------------------------------- batches of a run
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Every epoch's random streams derive from (seed, epoch, rank): a run resumed at an
+    epoch boundary draws exactly what the uninterrupted run drew."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
+
+
+class Data:
+    """A run's data: training batches (uint8, then augmented per image on the device by
+    the recipe's BatchAugment) and this process's share of the test set."""
+
+    def __init__(self, cfg: DataConfig, recipe: RecipeConfig, seed: int, machine: Machine, per_rank_batch: int):
+        self.cfg, self.machine, self.batch = cfg, machine, per_rank_batch
+        self.in_memory = cfg.source in IN_MEMORY_LOADERS
+        if self.in_memory:
+            self.train, self.test = load_in_memory(cfg, seed)
+        else:  # image folders are cropped and flipped in the workers
+            self.train, self.test = folder_datasets(
+                cfg, tuple(recipe.crop_scale), recipe.hflip, recipe.interpolation.value
+            )
+        self.augment = BatchAugment.for_recipe(recipe, cfg.num_classes, cfg.mean, cfg.std, crop=self.in_memory)
+
+    @property
+    def device(self) -> torch.device:
+        return self.machine.device
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train) // (self.batch * self.machine.world)
+
+    def train_batches(self, epoch: int, seed: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """This process's share of each global batch of the epoch, uint8, in the order (seed, epoch) draws."""
+        rank, world = self.machine.rank, self.machine.world
+        order = torch.Generator().manual_seed(epoch_seed(seed, epoch))  # the same on every rank
+        if self.in_memory:
+            yield from batches(self.train, self.batch, order, rank, world)
+            return
+        sampler = torch.utils.data.DistributedSampler(self.train, world, rank, shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        yield from torch.utils.data.DataLoader(
+            self.train, self.batch, sampler=sampler, num_workers=self.cfg.workers, drop_last=True,
+            pin_memory=self.machine.cuda, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, rank)),
+        )
+
+    def augmented_batches(
+        self, epoch: int, seed: int, g: torch.Generator
+    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Training batches on the device, augmented per image from `g`, inline: a producer
+        thread running ahead loses to contention on a small CPU (BENCHMARKS.md), and on a
+        GPU the augmentation kernels queue behind the training step anyway."""
+        for images, labels in self.train_batches(epoch, seed):
+            images = images.to(self.device, non_blocking=True)
+            yield self.augment.per_image(images, g), labels.to(self.device, non_blocking=True)
+
+    def test_batches(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """This process's share of the test set, in order, uint8."""
+        rank, world = self.machine.rank, self.machine.world
+        if self.in_memory:
+            for b in range(rank * 1024, len(self.test), 1024 * world):
+                yield self.test.images[b : b + 1024], self.test.labels[b : b + 1024]
+            return
+        shard = torch.utils.data.Subset(self.test, list(range(rank, len(self.test), world)))
+        yield from torch.utils.data.DataLoader(shard, 256, num_workers=self.cfg.workers)
 
 
 if __name__ == "__main__":  # `make data` where apt-get cannot run: torchvision's download into data/

@@ -1,4 +1,5 @@
-"""The errors of every stage, and the range checks of numeric config fields.
+"""The errors of every stage, the range checks of numeric config fields, and `Choice`,
+the enum base of every option list.
 
 This module sits at the bottom of the import graph: every stage raises these, and the
 command line turns each into one line, `error: <message>`, and exit code 2. A message is
@@ -9,7 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Mapping
+
+
+class Choice(str, Enum):
+    """An option of a config field: compares equal to its value, and reads as its value in
+    messages and interpolations (`${data.source}_smoke` is fashion_mnist_smoke)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 class RoadmapError(Exception):

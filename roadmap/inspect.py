@@ -18,7 +18,7 @@ from typing import List
 
 from roadmap import paper
 from roadmap.cli import CommandLine, run
-from roadmap.complexity import complexity, map_steps
+from roadmap.steps import complexity, map_steps
 from roadmap.config import ConfigError, compose, model_config
 
 
@@ -64,7 +64,8 @@ def render(rows: List[dict]) -> str:
         line = f"{r['step']:<22} {r['change']:<{w}} {r['params_m']:>9.2f} {r['gmacs']:>10.4g}"
         if with_paper:
             mark = "" if r["ok"] else ("  (explained below)" if r["explained"] else "  OUT OF TOLERANCE")
-            line += f" {r['imagenet_gmacs']:>12.2f} {r['paper_gflops']:>12.2f} {r['diff']:>+6.2f} {r['paper_top1']:>11.2f}{mark}"
+            line += f" {r['imagenet_gmacs']:>12.2f} {r['paper_gflops']:>12.2f} {r['diff']:>+6.2f}"
+            line += f" {r['paper_top1']:>11.2f}{mark}"
         lines.append(line)
     if with_paper:
         ok = sum(r["ok"] for r in rows)

@@ -31,7 +31,6 @@ paper leaves this open; it changes no FLOPs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import List
 
 import torch
@@ -39,40 +38,46 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from roadmap.errors import HALF_OPEN, NON_NEGATIVE, POSITIVE_INT, ConfigError, check_ranges
+from roadmap.errors import Choice, HALF_OPEN, NON_NEGATIVE, POSITIVE_INT, ConfigError, check_ranges
 
 KERNEL_SIZES = (3, 5, 7, 9, 11)
 
 
-class Stem(str, Enum):
+class Stem(Choice):
     resnet = "resnet"  # 7x7 stride-2 conv, norm, activation, 3x3 stride-2 max-pool
     patchify = "patchify"  # one p x p stride-p conv ("patchify", Section 2.2)
 
 
-class BlockType(str, Enum):
+class BlockType(Choice):
     bottleneck = "bottleneck"  # ResNet v1.5 bottleneck: 1x1 -> kxk (stride) -> 1x1 (x4)
     inverted = "inverted"  # inverted bottleneck (Section 2.4): 1x1 (x4) -> kxk -> 1x1
     inverted_moved_up = "inverted_moved_up"  # spatial conv moved up (Section 2.5): kxk -> 1x1 (x4) -> 1x1
 
 
-class Activation(str, Enum):
+class Activation(Choice):
     relu = "relu"
     gelu = "gelu"
 
 
-class Norm(str, Enum):
+class Norm(Choice):
     batch = "batch"  # BatchNorm
     layer = "layer"  # LayerNorm over channels, at each spatial position
 
 
-class Init(str, Enum):
+class Init(Choice):
     kaiming = "kaiming"  # torchvision's ResNet: Kaiming normal (fan-out) convs, default Linear
     trunc_normal = "trunc_normal"  # official ConvNeXt: truncated normal, std 0.02, zero biases
 
 
 # Where each numeric field may lie (finite in any case).
-MODEL_RANGES = {"drop_path_rate": HALF_OPEN, "layer_scale": NON_NEGATIVE, "expansion": POSITIVE_INT, "patch_size": POSITIVE_INT,
-                "in_chans": POSITIVE_INT, "num_classes": POSITIVE_INT}
+MODEL_RANGES = {
+    "drop_path_rate": HALF_OPEN,
+    "layer_scale": NON_NEGATIVE,
+    "expansion": POSITIVE_INT,
+    "patch_size": POSITIVE_INT,
+    "in_chans": POSITIVE_INT,
+    "num_classes": POSITIVE_INT,
+}
 
 
 @dataclass
@@ -86,18 +91,24 @@ class ModelConfig:
     `expansion` times this), an inverted bottleneck's residual width (its hidden layer
     is `expansion` times this). The stem outputs widths[0]."""
     expansion: int = 4
+    """Hidden-layer ratio: a bottleneck's output is `expansion` x its inner width, an inverted
+    bottleneck's hidden layer `expansion` x its residual width (the paper: 4)."""
     stem: Stem = Stem.resnet
+    """resnet (7x7/2 conv, norm, activation, 3x3/2 max-pool) or patchify (Section 2.2)."""
     patch_size: int = 4
     """Kernel and stride of the patchify stem."""
     block: BlockType = BlockType.bottleneck
+    """bottleneck (ResNet v1.5), inverted (Section 2.4) or inverted_moved_up (Section 2.5)."""
     depthwise: bool = False
     """Spatial conv depthwise (groups = channels, Section 2.3) instead of dense."""
     kernel_size: int = 3
     """Spatial conv kernel size (Section 2.5)."""
     activation: Activation = Activation.relu
+    """relu or gelu (Section 2.6)."""
     fewer_activations: bool = False
     """One activation per block, after its middle conv; none after the residual add."""
     norm: Norm = Norm.batch
+    """batch (BatchNorm) or layer (LayerNorm over channels, Section 2.6)."""
     fewer_norms: bool = False
     """One norm per block, after its spatial conv."""
     separate_downsampling: bool = False
@@ -108,8 +119,11 @@ class ModelConfig:
     layer_scale: float = 0.0
     """Initial value of the per-channel layer scale on each residual branch; 0 = none."""
     init: Init = Init.kaiming
+    """kaiming (torchvision's ResNet) or trunc_normal (the official ConvNeXt, std 0.02)."""
     in_chans: int = 3
+    """Input channels (the data's)."""
     num_classes: int = 1000
+    """Outputs of the classifier (the data's classes)."""
 
     def __post_init__(self) -> None:
         # Hydra/OmegaConf hand enums over as enums; plain Python callers may pass strings.
@@ -126,7 +140,9 @@ class ModelConfig:
         for name in ("depths", "widths"):
             bad = [v for v in getattr(self, name) if v < 1]
             if bad:
-                raise ConfigError(f"model.{name}={getattr(self, name)} has {bad[0]}: every entry must be a positive integer")
+                raise ConfigError(
+                    f"model.{name}={getattr(self, name)} has {bad[0]}: every entry must be a positive integer"
+                )
         if self.kernel_size not in KERNEL_SIZES:
             raise ConfigError(
                 f"model.kernel_size={self.kernel_size} is not valid: choose one of {', '.join(map(str, KERNEL_SIZES))}"
@@ -150,8 +166,8 @@ class ModelConfig:
 class PointwiseConv(nn.Conv2d):
     """A 1x1 conv: one linear map of the channels at every position (Section 2.4 counts
     the ConvNeXt block's 1x1 convs as its MLP). On a channels-last tensor it runs as that
-    matmul, through free permutes: on the CPU the conv kernel takes 1.7x as long for the
-    small 1x1 layers of the micro study (BENCHMARKS.md). Other layouts take the conv kernel."""
+    matmul, through free permutes: on the CPU the conv kernel is slower for the small 1x1
+    layers of the micro study (BENCHMARKS.md). Other layouts take the conv kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_contiguous(memory_format=torch.channels_last):
@@ -220,7 +236,11 @@ class Block(nn.Module):
             is_spatial = i - 1 == spatial
             groups = cin if is_spatial and cfg.depthwise else 1
             bias = not (norm and cfg.norm is Norm.batch)
-            conv = nn.Conv2d(cin, cout, kernel, s, pad, groups=groups, bias=bias) if is_spatial else PointwiseConv(cin, cout, 1, s, bias=bias)
+            conv = (
+                nn.Conv2d(cin, cout, kernel, s, pad, groups=groups, bias=bias)
+                if is_spatial
+                else PointwiseConv(cin, cout, 1, s, bias=bias)
+            )
             setattr(self, f"conv{i}", conv)
             setattr(self, f"norm{i}", make_norm(cfg.norm, cout) if norm else nn.Identity())
             setattr(self, f"act{i}", make_activation(cfg.activation) if act else nn.Identity())
@@ -339,4 +359,17 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ConfigError", "ModelConfig", "ConvNet", "PointwiseConv", "Stem", "BlockType", "Block", "Activation", "Norm", "Init", "KERNEL_SIZES", "num_params"]
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "ConvNet",
+    "PointwiseConv",
+    "Stem",
+    "BlockType",
+    "Block",
+    "Activation",
+    "Norm",
+    "Init",
+    "KERNEL_SIZES",
+    "num_params",
+]

@@ -47,5 +47,11 @@ def _load() -> Dict[Tuple[str, str], PaperRow]:
 TABLE = _load()
 
 
+def reference_regime(regime: str) -> str:
+    """The paper's column a study compares with: r200's for r200, r50's for every other
+    regime (micro follows r50's path)."""
+    return "r200" if regime == "r200" else "r50"
+
+
 def row(regime: str, step: str) -> Optional[PaperRow]:
     return TABLE.get((regime, step))

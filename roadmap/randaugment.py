@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from roadmap.errors import ConfigError
 
@@ -65,15 +64,26 @@ class Policy:
     def parse(cls, text: str) -> "Policy":
         parts = text.split("-")
         if parts[0] != "rand":
-            raise ConfigError(f"recipe.randaugment={text} is not a RandAugment policy: write timm's form, e.g. rand-m9-mstd0.5-inc1")
+            raise ConfigError(
+                f"recipe.randaugment={text} is not a RandAugment policy: write timm's form, e.g. rand-m9-mstd0.5-inc1"
+            )
         fields: Dict[str, object] = {}
         for part in parts[1:]:
             m = re.fullmatch(r"(mstd|mmax|inc|m|n|p)(\d+(\.\d+)?)", part)
             if not m:
-                raise ConfigError(f"recipe.randaugment={text} has '{part}': use m<int>, n<int>, mstd<float>, mmax<int>, inc<0|1>, p<float>")
+                raise ConfigError(
+                    f"recipe.randaugment={text} has '{part}': "
+                    "use m<int>, n<int>, mstd<float>, mmax<int>, inc<0|1>, p<float>"
+                )
             key, value = m[1], float(m[2])
-            name = {"m": "magnitude", "n": "num_ops", "mstd": "magnitude_std", "mmax": "magnitude_max", "inc": "increasing",
-                    "p": "prob"}[key]
+            name = {
+                "m": "magnitude",
+                "n": "num_ops",
+                "mstd": "magnitude_std",
+                "mmax": "magnitude_max",
+                "inc": "increasing",
+                "p": "prob",
+            }[key]
             fields[name] = int(value) if key in ("n",) else bool(value) if key == "inc" else value
         if fields.get("magnitude_std", 0) > 100:
             fields["magnitude_std"] = math.inf
@@ -130,11 +140,18 @@ LEVEL_TO_ARG: Dict[str, Callable[[Level, Sign], torch.Tensor]] = {
     "Solarize": lambda level, sign: torch.clamp(torch.floor(level * 256), max=256),
     "SolarizeIncreasing": lambda level, sign: 256 - torch.clamp(torch.floor(level * 256), max=256),
     "SolarizeAdd": lambda level, sign: torch.clamp(torch.floor(level * 110), max=128),
-    "Color": _enhance, "Contrast": _enhance, "Brightness": _enhance, "Sharpness": _enhance,
-    "ColorIncreasing": _enhance_increasing, "ContrastIncreasing": _enhance_increasing,
-    "BrightnessIncreasing": _enhance_increasing, "SharpnessIncreasing": _enhance_increasing,
-    "ShearX": lambda level, sign: sign * (level * 0.3), "ShearY": lambda level, sign: sign * (level * 0.3),
-    "TranslateXRel": lambda level, sign: sign * (level * 0.45), "TranslateYRel": lambda level, sign: sign * (level * 0.45),
+    "Color": _enhance,
+    "Contrast": _enhance,
+    "Brightness": _enhance,
+    "Sharpness": _enhance,
+    "ColorIncreasing": _enhance_increasing,
+    "ContrastIncreasing": _enhance_increasing,
+    "BrightnessIncreasing": _enhance_increasing,
+    "SharpnessIncreasing": _enhance_increasing,
+    "ShearX": lambda level, sign: sign * (level * 0.3),
+    "ShearY": lambda level, sign: sign * (level * 0.3),
+    "TranslateXRel": lambda level, sign: sign * (level * 0.45),
+    "TranslateYRel": lambda level, sign: sign * (level * 0.45),
 }
 
 
@@ -235,11 +252,22 @@ def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 COLOUR_OPS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "AutoContrast": autocontrast, "Equalize": equalize, "Invert": invert,
-    "Posterize": posterize, "PosterizeIncreasing": posterize,
-    "Solarize": solarize, "SolarizeIncreasing": solarize, "SolarizeAdd": solarize_add,
-    "Color": color, "ColorIncreasing": color, "Contrast": contrast, "ContrastIncreasing": contrast,
-    "Brightness": brightness, "BrightnessIncreasing": brightness, "Sharpness": sharpness, "SharpnessIncreasing": sharpness,
+    "AutoContrast": autocontrast,
+    "Equalize": equalize,
+    "Invert": invert,
+    "Posterize": posterize,
+    "PosterizeIncreasing": posterize,
+    "Solarize": solarize,
+    "SolarizeIncreasing": solarize,
+    "SolarizeAdd": solarize_add,
+    "Color": color,
+    "ColorIncreasing": color,
+    "Contrast": contrast,
+    "ContrastIncreasing": contrast,
+    "Brightness": brightness,
+    "BrightnessIncreasing": brightness,
+    "Sharpness": sharpness,
+    "SharpnessIncreasing": sharpness,
 }
 
 

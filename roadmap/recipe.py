@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import List, Optional, Tuple
 
 import torch
@@ -19,26 +18,37 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from roadmap.randaugment import Policy
-from roadmap.errors import FRACTION, HALF_OPEN, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, Range, check_ranges
+from roadmap.errors import (
+    Choice,
+    FRACTION,
+    HALF_OPEN,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    ConfigError,
+    Range,
+    check_ranges,
+)
 
 
-class Optimizer(str, Enum):
+class Optimizer(Choice):
     sgd = "sgd"
     adamw = "adamw"
 
 
-class LrScaling(str, Enum):
+class LrScaling(Choice):
     linear = "linear"  # lr x batch / lr_batch: the paper, and the rule for SGD
     sqrt = "sqrt"  # lr x sqrt(batch / lr_batch): the rule for adaptive optimizers far from lr_batch
     none = "none"  # lr as given, at any batch size
 
 
-class Schedule(str, Enum):
+class Schedule(Choice):
     step = "step"  # x gamma at each milestone
     cosine = "cosine"  # linear warmup, then cosine to min_lr
 
 
-class Interpolation(str, Enum):
+class Interpolation(Choice):
     bilinear = "bilinear"  # torchvision's ResNet reference recipe (the classic recipe)
     bicubic = "bicubic"  # the ConvNeXt recipe (timm's train_interpolation='bicubic')
 
@@ -127,7 +137,9 @@ class RecipeConfig:
         if self.randaugment:
             Policy.parse(self.randaugment)  # a policy timm would not read fails here
         if not (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
-            raise ConfigError(f"recipe.crop_scale={list(self.crop_scale)} is not valid: give [min, max] with 0 < min <= max <= 1")
+            raise ConfigError(
+                f"recipe.crop_scale={list(self.crop_scale)} is not valid: give [min, max] with 0 < min <= max <= 1"
+            )
         if self.device_batch < 0 or (self.device_batch and self.batch_size % self.device_batch):
             raise ConfigError(
                 f"recipe.batch_size={self.batch_size} conflicts with recipe.device_batch={self.device_batch}: "

@@ -13,6 +13,7 @@ swept key (`recipe.lr`), and the step table one block of rows per value.
 
 from __future__ import annotations
 
+import dataclasses
 import glob as globlib
 import json
 import re
@@ -24,18 +25,22 @@ from omegaconf import OmegaConf
 
 from roadmap import paper, rundir
 from roadmap.errors import ResultsError
-from roadmap.config import PARENTS, SIDE_BRANCHES, STEPS
+from roadmap.rundir import RunSummary
+from roadmap.config import PARENTS, SIDE_BRANCHES, step_order
 
 PathLike = Union[str, Path]
 
-RUN_COLUMNS = [
-    "study", "swept", "step", "order", "change", "regime", "data", "recipe", "seed", "status", "epochs_done", "epochs",
-    "params", "gmacs", "top1", "top5", "best_top1", "images_per_s", "data_share", "peak_memory_mb", "wall_time_s", "run_dir",
-]
+# One column per field of a run's summary (one name per quantity, as in summary.json), with
+# the study, its swept keys, the step's place in the roadmap and the run's directory.
+SUMMARY_COLUMNS = [f.name for f in dataclasses.fields(RunSummary) if f.name != "versions"]
+RUN_COLUMNS = ["study", "swept", "order", *SUMMARY_COLUMNS, "run_dir"]
+# Where a run's summary is missing, its config says what the run is.
+FROM_CONFIG = {"step": "step.name", "change": "step.change", "regime": "regime.name", "data": "data.name",
+               "recipe": "recipe.name", "seed": "seed", "epochs": "recipe.epochs"}
 
 
-NUMERIC_COLUMNS = ["epochs_done", "epochs", "params", "gmacs", "top1", "top5", "best_top1", "images_per_s", "data_share",
-                   "peak_memory_mb", "wall_time_s"]
+NUMERIC_COLUMNS = ["epochs_done", "epochs", "params", "gmacs", "top1", "top5", "best_top1", "best_top5", "images_per_s",
+                   "data_share", "peak_memory_mb", "wall_time_s"]
 
 
 def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
@@ -52,11 +57,15 @@ def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
         for match in matches:
             m = Path(match)
             if not m.is_dir():
-                raise ResultsError(f"{m} is a file, not a study or run directory: give the directory that holds the runs")
+                raise ResultsError(
+                    f"{m} is a file, not a study or run directory: give the directory that holds the runs"
+                )
             if (m / rundir.SUMMARY).exists() or (m / rundir.CONFIG).exists():
                 found.append(m)
             else:
-                found.extend(sorted({s.parent for s in m.rglob(rundir.SUMMARY)} | {c.parent for c in m.rglob(rundir.CONFIG)}))
+                found.extend(
+                    sorted({s.parent for s in m.rglob(rundir.SUMMARY)} | {c.parent for c in m.rglob(rundir.CONFIG)})
+                )
     return list(dict.fromkeys(found))
 
 
@@ -87,7 +96,9 @@ def layout(run: Path, step: Optional[str]) -> Tuple[str, Dict[str, Any]]:
         except Exception:  # a study whose own name has '=' in it
             break
         value = override.value()
-        swept[override.key_or_group] = value if isinstance(value, (str, int, float, bool)) else override.get_value_element_as_str()
+        swept[override.key_or_group] = (
+            value if isinstance(value, (str, int, float, bool)) else override.get_value_element_as_str()
+        )
         folder = folder.parent
     return folder.name, dict(reversed(list(swept.items())))
 
@@ -122,50 +133,33 @@ def load(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
 
 
 def _run_row(run: Path) -> Dict[str, Any]:
-    order = {s: i for i, s in enumerate(STEPS)}
     status = rundir.run_status(run)
-    s = rundir.read_summary(run) if status != "unreadable" else None
-    s = s or {}
+    summary = rundir.read_summary(run) if status not in ("unreadable", "incomplete") else None
     cfg = _flat_config(run)
     if not cfg and (run / rundir.CONFIG).exists():
         status = "unreadable"
-    step = s.get("step") or cfg.get("cfg.step.name")
-    study, swept = layout(run, step)
-    return {
-        "study": study, "step": step, "order": order.get(step, len(order)),
-        "change": s.get("change", cfg.get("cfg.step.change")), "regime": s.get("regime", cfg.get("cfg.regime.name")),
-        "data": s.get("data", cfg.get("cfg.data.name")), "recipe": s.get("recipe", cfg.get("cfg.recipe.name")),
-        "seed": s.get("seed", cfg.get("cfg.seed")), "status": status,
-        "epochs_done": s.get("epochs_done", 0), "epochs": s.get("epochs", cfg.get("cfg.recipe.epochs")),
-        "params": s.get("params"), "gmacs": s.get("gmacs"), "top1": s.get("final_top1"), "top5": s.get("final_top5"),
-        "best_top1": s.get("best_top1"), "images_per_s": s.get("train_images_per_s"), "data_share": s.get("data_share"),
-        "peak_memory_mb": s.get("peak_memory_mb"), "wall_time_s": s.get("wall_time_s"), "run_dir": str(run),
-        "swept": swept, **cfg,
-    }
+    row: Dict[str, Any] = {name: None for name in SUMMARY_COLUMNS}
+    if summary is not None:
+        row.update({k: v for k, v in summary.to_dict().items() if k in row})
+    for name, key in FROM_CONFIG.items():
+        if row[name] is None:
+            row[name] = cfg.get(f"cfg.{key}")
+    study, swept = layout(run, row["step"])
+    return {**row, "status": status, "study": study, "order": step_order(row["step"]), "run_dir": str(run),
+            "swept": swept, **cfg}
 
 
 def history(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
     """One row per run, epoch and metric: study, swept keys, step, seed, epoch, metric, value."""
     rows = []
     for run in run_dirs(paths):
-        s = rundir.read_summary(run) if rundir.run_status(run) != "unreadable" else None
-        s = s or {}
-        metrics = run / rundir.METRICS
-        if not metrics.exists():
-            continue
-        step = s.get("step", run.parent.name)
-        study, swept = layout(run, step)
-        for text in metrics.read_text().splitlines():
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: the epochs before it stand
-            if not isinstance(rec, dict) or "epoch" not in rec:
-                continue
-            for key, value in rec.items():
-                if key != "epoch":
-                    rows.append({"study": study, **swept, "step": step, "seed": s.get("seed"),
-                                 "epoch": rec["epoch"], "metric": key, "value": value})
+        row = _run_row(run)
+        study, swept = layout(run, row["step"])
+        for record in rundir.read_metrics(run):
+            for metric, value in dataclasses.asdict(record).items():
+                if metric != "epoch":
+                    rows.append({"study": study, **swept, "step": row["step"], "seed": row["seed"],
+                                 "epoch": record.epoch, "metric": metric, "value": value})
     columns = ["study", "step", "seed", "epoch", "metric", "value"]
     df = pd.DataFrame(rows, columns=None if rows else columns)
     return df[[c for c in df.columns if c not in columns[1:]] + columns[1:]]
@@ -187,7 +181,7 @@ def _step_rows(group: pd.DataFrame, values: Dict[str, Any]) -> List[dict]:
     for step, g in sorted(group.groupby("step"), key=lambda kv: kv[1]["order"].iloc[0]):
         done = g[g["status"] == "completed"]
         regime = g["regime"].iloc[0]
-        ref_regime = "r200" if regime == "r200" else "r50"
+        ref_regime = paper.reference_regime(regime)
         ref, parent = paper.row(ref_regime, step), PARENTS.get(step)
         parent_ref = paper.row(ref_regime, parent) if parent else None
         mean = done["top1"].mean() if len(done) else float("nan")
@@ -236,16 +230,18 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def _markdown_rows(table: pd.DataFrame) -> List[str]:
-    ref = "r200" if table["regime"].iloc[0] == "r200" else "r50"
+    ref = paper.reference_regime(table["regime"].iloc[0])
     f = lambda v, spec: "" if pd.isna(v) else format(v, spec)  # noqa: E731
     lines = [
-        f"| step | what changes | params (M) | GMACs | top-1 (%) | ± std | seeds | Δ top-1 | img/s | paper top-1 ({ref}) | paper Δ |",
+        "| step | what changes | params (M) | GMACs | top-1 (%) | ± std | seeds | Δ top-1 | img/s "
+        f"| paper top-1 ({ref}) | paper Δ |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in table.sort_values("order").iterrows():
         lines.append(
-            f"| {r['step']} | {r['change']} | {f(r['params_m'], '.2f')} | {f(r['gmacs'], '.4g')} | {f(r['top1_mean'], '.2f')} "
-            f"| {f(r['top1_std'], '.2f')} | {r['seeds']}/{r['runs']} | {f(r['delta'], '+.2f')} | {f(r['images_per_s'], '.0f')} "
+            f"| {r['step']} | {r['change']} | {f(r['params_m'], '.2f')} | {f(r['gmacs'], '.4g')} "
+            f"| {f(r['top1_mean'], '.2f')} | {f(r['top1_std'], '.2f')} | {r['seeds']}/{r['runs']} "
+            f"| {f(r['delta'], '+.2f')} | {f(r['images_per_s'], '.0f')} "
             f"| {f(r['paper_top1'], '.2f')} | {f(r['paper_delta'], '+.2f')} |"
         )
     return lines
@@ -255,7 +251,9 @@ TABLE_COLUMNS = ["step", "change", "builds_on", "params_m", "gmacs", "top1_mean"
                  "images_per_s", "paper_top1", "paper_delta", "statuses"]
 
 
-def save_tables(study: PathLike, folder: Optional[PathLike] = None, with_runs: bool = True) -> Tuple[pd.DataFrame, str, List[Path]]:
+def save_tables(
+    study: PathLike, folder: Optional[PathLike] = None, with_runs: bool = True
+) -> Tuple[pd.DataFrame, str, List[Path]]:
     """Read a study and write table.md and table.csv (per swept value and step) and,
     `with_runs`, results.csv (one row per run) into `folder` (the study's root by default).
     One process at a time, each file replaced atomically: what is written is always the
@@ -272,7 +270,9 @@ def save_tables(study: PathLike, folder: Optional[PathLike] = None, with_runs: b
             folder / "table.csv": table[[*keys, *TABLE_COLUMNS]].to_csv(index=False) if not table.empty else "",
         }
         if with_runs:
-            files[folder / "results.csv"] = runs[[c for c in runs.columns if not c.startswith("cfg.")]].to_csv(index=False)
+            files[folder / "results.csv"] = runs[[c for c in runs.columns if not c.startswith("cfg.")]].to_csv(
+                index=False
+            )
         for path, content in files.items():
             rundir.atomic_write(path, content.encode())
     return runs, text, list(files)

@@ -12,11 +12,13 @@ moment leaves every file whole.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
 import socket
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional
 
@@ -32,6 +34,120 @@ STATUSES = ("running", "completed", "diverged", "failed")
 
 # Keys that do not change what a run computes: a run may resume with other values.
 NEUTRAL_KEYS = ("study", "logger", "train.progress", "train.threads", "data.root", "data.download", "data.workers")
+
+
+# ----------------------------------------------------------------------------- the records
+
+# Names the files of earlier versions used, read in this one place: one name per quantity.
+OLD_NAMES = {"final_top1": "top1", "final_top5": "top5", "test_top1": "top1", "test_top5": "top5",
+             "train_images_per_s": "images_per_s"}
+
+
+def _known(cls, record: Dict[str, Any]) -> Dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    renamed = {OLD_NAMES.get(k, k): v for k, v in record.items()}
+    return {k: v for k, v in renamed.items() if k in names}
+
+
+@dataclass
+class EpochRecord:
+    """One line of metrics.jsonl: an epoch of training and the test after it."""
+
+    epoch: int
+    """Epochs finished, counting from 1."""
+    train_loss: float
+    """Mean training loss of the epoch: cross-entropy against the mixed, smoothed targets."""
+    lr: float
+    """The learning rate at the end of the epoch."""
+    top1: float
+    """Test top-1 accuracy after the epoch (%)."""
+    top5: float
+    """Test top-5 accuracy after the epoch (%)."""
+    images_per_s: float
+    """Training images per second of the epoch, over all processes."""
+    data_share: float
+    """Share of the epoch's training time spent producing batches (loading, augmenting)."""
+    seconds: float
+    """Wall time of the epoch, its test included."""
+
+    @classmethod
+    def from_dict(cls, record: Dict[str, Any]) -> "EpochRecord":
+        return cls(**_known(cls, record))
+
+
+@dataclass
+class RunSummary:
+    """summary.json: what a run is and how it went. Written when the run starts, after every
+    epoch and at the end; every field but the status is None until known."""
+
+    status: str
+    """running, completed, diverged or failed."""
+    step: Optional[str] = None
+    """The roadmap step (conf/step/<step>.yaml)."""
+    change: Optional[str] = None
+    """What the step changes, in the paper's words."""
+    regime: Optional[str] = None
+    """r50, r200 or micro."""
+    data: Optional[str] = None
+    """The dataset's name (data.name)."""
+    recipe: Optional[str] = None
+    """classic or convnext."""
+    seed: Optional[int] = None
+    """The run's seed."""
+    params: Optional[int] = None
+    """Parameters of the network."""
+    gmacs: Optional[float] = None
+    """Multiply-accumulates of one image at `resolution` (10^9)."""
+    resolution: Optional[int] = None
+    """The image side `gmacs` is counted at (the data's image_size)."""
+    epochs: Optional[int] = None
+    """Epochs the recipe trains."""
+    epochs_done: int = 0
+    """Epochs finished so far."""
+    top1: Optional[float] = None
+    """Test top-1 after the last epoch (%): the number the tables report."""
+    top5: Optional[float] = None
+    """Test top-5 after the last epoch (%)."""
+    best_top1: Optional[float] = None
+    """The best epoch's test top-1 (the official code's number; optimistic)."""
+    best_top5: Optional[float] = None
+    """The best epoch's test top-5 (%)."""
+    images_per_s: Optional[float] = None
+    """Mean training images per second over the epochs."""
+    data_share: Optional[float] = None
+    """Mean share of training time spent producing batches."""
+    peak_memory_mb: Optional[float] = None
+    """Peak memory: CUDA's allocator, or the process's peak RSS on the CPU (MiB)."""
+    wall_time_s: Optional[float] = None
+    """Wall time of the run so far, across resumptions (seconds)."""
+    world_size: Optional[int] = None
+    """Processes that trained the run together (DDP)."""
+    device: Optional[str] = None
+    """Rank 0's device (cpu, cuda:0)."""
+    threads: Optional[int] = None
+    """torch's intra-op CPU threads."""
+    code_version: Optional[str] = None
+    """The git commit of the code, +dirty with uncommitted changes."""
+    versions: Dict[str, str] = field(default_factory=dict)
+    """python, torch, torchvision and hydra-core versions."""
+    ddp_in_sync: Optional[bool] = None
+    """Distributed runs: whether every process ended with the same weights."""
+    diverged_epoch: Optional[int] = None
+    """A diverged run: the epoch whose loss became NaN or infinite."""
+    diverged_loss: Optional[str] = None
+    """A diverged run: that loss, as text (nan, inf)."""
+    error: Optional[str] = None
+    """A failed run: the exception, one line (the traceback is in error.txt)."""
+
+    @classmethod
+    def from_dict(cls, record: Dict[str, Any]) -> "RunSummary":
+        return cls(**_known(cls, record))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- files
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -69,27 +185,53 @@ def load_checkpoint(path: Path) -> Dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise RunDirError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to train this run from the start") from e
+        raise RunDirError(
+            f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to train this run from the start"
+        ) from e
 
 
-def read_summary(run_dir: Path) -> Optional[Dict]:
+def read_summary(run_dir: Path) -> Optional[RunSummary]:
     """The run's summary; None when there is none yet. RunDirError when the file is there
     but unreadable (truncated, edited, not a summary)."""
     path = Path(run_dir) / SUMMARY
     try:
-        summary = json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunDirError(f"{path} is unreadable ({type(e).__name__}): delete it to rebuild it from the checkpoint, "
                           "or delete the run directory to train the run again") from e
-    valid = isinstance(summary, dict) and summary.get("status") in STATUSES
-    if valid and summary["status"] == "completed":  # a completed run has its figure
-        valid = isinstance(summary.get("final_top1"), (int, float))
+    summary = RunSummary.from_dict(record) if isinstance(record, dict) and "status" in record else None
+    valid = summary is not None and summary.status in STATUSES
+    if valid and summary.status == "completed":  # a completed run has its figure
+        valid = isinstance(summary.top1, (int, float))
     if not valid:
-        raise RunDirError(f"{path} is not a run summary (no valid status): delete it to rebuild it from the checkpoint, "
-                          "or delete the run directory to train the run again")
+        raise RunDirError(
+            f"{path} is not a run summary (no valid status): delete it to rebuild it from the checkpoint, "
+            "or delete the run directory to train the run again"
+        )
     return summary
+
+
+def write_summary(run_dir: Path, summary: RunSummary) -> None:
+    write_json(Path(run_dir) / SUMMARY, summary.to_dict())
+
+
+def read_metrics(run_dir: Path) -> List[EpochRecord]:
+    """The epochs of metrics.jsonl; a line cut short by a kill is left out."""
+    path = Path(run_dir) / METRICS
+    out = []
+    for text in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(text)
+            out.append(EpochRecord.from_dict(record))
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return out
+
+
+def write_metrics(run_dir: Path, history: List[EpochRecord]) -> None:
+    write_lines(Path(run_dir) / METRICS, [dataclasses.asdict(r) for r in history])
 
 
 def run_status(run_dir: Path) -> str:
@@ -99,7 +241,7 @@ def run_status(run_dir: Path) -> str:
         summary = read_summary(run_dir)
     except RunDirError:
         return "unreadable"
-    return summary["status"] if summary else "incomplete"
+    return summary.status if summary else "incomplete"
 
 
 def remove_if_unused(run_dir: Path) -> None:
@@ -160,7 +302,9 @@ def check_writable(run_dir: Path, option: str = "hydra.run.dir") -> None:
             pass
     except OSError as e:
         what = "study" if option == "hydra.sweep.dir" else "run"
-        raise RunDirError(f"cannot write to the {what} directory {run_dir} ({e.strerror}): choose a writable {option}") from e
+        raise RunDirError(
+            f"cannot write to the {what} directory {run_dir} ({e.strerror}): choose a writable {option}"
+        ) from e
 
 
 # ----------------------------------------------------------------------------- the lock

@@ -40,13 +40,17 @@ from roadmap import results, rundir
 from roadmap.cli import CommandLine, check, launch, line, one_line_errors, read, step_names
 from roadmap.config import CONF_DIR, GROUPS, ConfigError, compose, hydra_config, options
 from roadmap.recipe import RecipeConfig
-from roadmap.train import Device, from_main_process, is_main_process, run_one, setup_distributed, shutdown_distributed
+from roadmap.machine import Device, from_main_process, is_main_process, setup_distributed, shutdown_distributed
+from roadmap.train import run_one
 
 EXAMPLE = "+step=all or seed=0,1,2"
 # Launchers a sweep can use: Hydra's own, the plugins the project depends on, and conf/hydra/launcher/.
 LAUNCHER_PLUGINS = {
-    "basic": None, "joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher",
-    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher",
+    "basic": None,
+    "joblib": "hydra_plugins.hydra_joblib_launcher",
+    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "slurm": "hydra_plugins.hydra_submitit_launcher",
 }
 
 
@@ -96,9 +100,17 @@ class Plan:
             subdir = "${hydra:job.override_dirname}/" + subdir
             exclude = ["step", "seed", *(key_of(f) for f in self.fixed)]
             naming = [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(dict.fromkeys(exclude))}]"]
-        return ["--multirun", *self.sweeps, f"+step={','.join(self.steps)}", f"seed={','.join(map(str, self.seeds))}",
-                *self.fixed, *self.hydra, f"hydra.sweep.dir={quote(str(self.sweep_dir))}", f"hydra.sweep.subdir='{subdir}'",
-                *naming]
+        return [
+            "--multirun",
+            *self.sweeps,
+            f"+step={','.join(self.steps)}",
+            f"seed={','.join(map(str, self.seeds))}",
+            *self.fixed,
+            *self.hydra,
+            f"hydra.sweep.dir={quote(str(self.sweep_dir))}",
+            f"hydra.sweep.subdir='{subdir}'",
+            *naming,
+        ]
 
 
 def key_of(override_line: str) -> str:
@@ -145,7 +157,9 @@ def seed_values(seed: Optional[Override]) -> List[int]:
     values = list(seed.sweep_iterator()) if seed.is_discrete_sweep() else [seed.value()]
     bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool)]
     if bad:
-        raise ConfigError(f"{line(seed)} is not valid: '{bad[0]}' is not an integer; write seed=0, seed=0,1,2 or seed='range(0,3)'")
+        raise ConfigError(
+            f"{line(seed)} is not valid: '{bad[0]}' is not an integer; write seed=0, seed=0,1,2 or seed='range(0,3)'"
+        )
     return list(dict.fromkeys(values))
 
 
@@ -165,7 +179,9 @@ def axis_values(o: Override) -> List[str]:
         raise ConfigError(f"{line(o)} sweeps no value: give at least one")
     repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
     if repeated is not None:
-        raise ConfigError(f"{line(o)} gives two runs the same directory ({o.get_key_element()}={repeated}): list each value once")
+        raise ConfigError(
+            f"{line(o)} gives two runs the same directory ({o.get_key_element()}={repeated}): list each value once"
+        )
     slashed = next((v for v in values if "/" in v), None)
     if slashed is not None:
         raise ConfigError(f"{line(o)}: the value {slashed} cannot name a run directory ('/'); run one sweep per value")
@@ -257,7 +273,10 @@ def finish(p: Plan, interrupted: bool) -> int:
     print(text)
     print(f"results: {p.sweep_dir / 'results.csv'}, table: {p.sweep_dir / 'table.md'}")
     if interrupted:
-        print("interrupted: the sweep stopped; run the same command again to resume (finished runs are kept)", file=sys.stderr)
+        print(
+            "interrupted: the sweep stopped; run the same command again to resume (finished runs are kept)",
+            file=sys.stderr,
+        )
         return 130
     bad = unfinished(p, runs)
     if bad:

@@ -73,7 +73,10 @@ LAYOUTS: Dict[str, Tuple[str, List[Rule]]] = {
             (r"^features\.0\.0\.", "stem.conv."),
             (r"^features\.0\.1\.", "stem_norm."),
             # odd features are stages, even ones (after the stem) downsampling layers
-            (r"^features\.(\d+)\.(\d+)\.(?=block|layer_scale)", lambda m: f"stages.{(int(m[1]) - 1) // 2}.blocks.{m[2]}."),
+            (
+                r"^features\.(\d+)\.(\d+)\.(?=block|layer_scale)",
+                lambda m: f"stages.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.",
+            ),
             (r"^features\.(\d+)\.0\.", lambda m: f"stages.{int(m[1]) // 2}.downsample.norm."),
             (r"^features\.(\d+)\.1\.", lambda m: f"stages.{int(m[1]) // 2}.downsample.conv."),
             (r"\.block\.0\.", ".conv1."),
@@ -132,7 +135,9 @@ def _read(source) -> Mapping:
         return source
     if isinstance(source, (str, os.PathLike)):
         if not Path(source).is_file():
-            raise WeightImportError(f"import_weights: no file {str(source)!r}: give a state dict or the path of a checkpoint")
+            raise WeightImportError(
+                f"import_weights: no file {str(source)!r}: give a state dict or the path of a checkpoint"
+            )
         try:
             return torch.load(source, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -143,13 +148,16 @@ def _read(source) -> Mapping:
 
 def import_weights(model: nn.Module, state_dict: Union[Mapping, str, os.PathLike]) -> nn.Module:
     """Load a torchvision/timm ResNet, an official/timm/torchvision ConvNeXt, or our own
-    state dict (or the checkpoint file a path names) into `model`. Strict: every tensor is used and every parameter and buffer
-    set, else WeightImportError naming what is missing, left over or of the wrong shape."""
+    state dict (or the checkpoint file a path names) into `model`. Strict: every tensor is
+    used and every parameter and buffer set, else WeightImportError naming what is missing,
+    left over or of the wrong shape."""
     sd = _unwrap(_read(state_dict))
     bad = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None or not sd:
-        raise WeightImportError(f"import_weights: {'the state dict is empty' if not sd else repr(bad) + ' is not a tensor'}: "
-                                "give a model's state_dict() or a checkpoint holding one")
+        raise WeightImportError(
+            f"import_weights: {'the state dict is empty' if not sd else repr(bad) + ' is not a tensor'}: "
+            "give a model's state_dict() or a checkpoint holding one"
+        )
     layout = detect_layout(sd)
     sd = rename(sd, layout)
     target = model.state_dict()

@@ -23,12 +23,13 @@ def study(tmp_path_factory):
     )
     assert out.returncode == 0, out.stderr
     s = json.loads((path / "kernel_5" / "seed1" / "summary.json").read_text())
-    (path / "kernel_5" / "seed1" / "summary.json").write_text(json.dumps({**s, "status": "running", "final_top1": None}))
+    (path / "kernel_5" / "seed1" / "summary.json").write_text(json.dumps({**s, "status": "running", "top1": None}))
     s = json.loads((path / "kernel_7" / "seed1" / "summary.json").read_text())
     (path / "kernel_7" / "seed1" / "summary.json").write_text(json.dumps({**s, "status": "failed"}))
     return path
 
 
+@pytest.mark.slow
 def test_load_gives_one_row_per_run_with_the_config_flattened(study):
     runs = R.load(study)
     assert len(runs) == 10
@@ -40,22 +41,27 @@ def test_load_gives_one_row_per_run_with_the_config_flattened(study):
     assert len(R.load(str(study / "*" / "seed0"))) == 5  # a glob of run directories
 
 
+@pytest.mark.slow
 def test_history_is_long_form_per_epoch(study):
     h = R.history(study)
     assert set(h.columns) == {"study", "step", "seed", "epoch", "metric", "value"}
-    assert {"train_loss", "test_top1", "lr"} <= set(h["metric"])
-    assert len(h[(h["metric"] == "test_top1")]) == 10
+    assert {"train_loss", "top1", "lr"} <= set(h["metric"])
+    assert len(h[(h["metric"] == "top1")]) == 10
 
 
+@pytest.mark.slow
 def test_the_step_table_averages_completed_seeds_and_sits_beside_the_paper(study):
     t = R.step_table(R.load(study)).set_index("step")
     assert t.loc["resnet", "seeds"] == 2 and t.loc["kernel_5", "seeds"] == 1  # the running seed is not averaged
     assert t.loc["kernel_5", "builds_on"] == "move_up_depthwise" and bool(t.loc["kernel_5", "side_branch"])
     assert t.loc["kernel_5", "paper_delta"] == pytest.approx(80.35 - 79.92)
-    assert t.loc["modern_recipe", "delta"] == pytest.approx(t.loc["modern_recipe", "top1_mean"] - t.loc["resnet", "top1_mean"])
+    assert t.loc["modern_recipe", "delta"] == pytest.approx(
+        t.loc["modern_recipe", "top1_mean"] - t.loc["resnet", "top1_mean"]
+    )
     assert "running: 1" in t.loc["kernel_5", "statuses"]
 
 
+@pytest.mark.slow
 def test_make_plots_writes_every_figure_and_table(study):
     out = subprocess.run([sys.executable, "-m", "analysis.plots", str(study)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -67,10 +73,18 @@ def test_make_plots_writes_every_figure_and_table(study):
 
 
 def test_plots_name_a_missing_study():
-    out = subprocess.run([sys.executable, "-m", "analysis.plots", "/nonexistent/study"], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 2 and out.stderr.strip() == "error: /nonexistent/study is not a directory: give study directories such as experiments/fashion_mnist_micro"
+    out = subprocess.run(
+        [sys.executable, "-m", "analysis.plots", "/nonexistent/study"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert (
+        out.returncode == 2
+        and out.stderr.strip()
+        == "error: /nonexistent/study is not a directory: "
+        "give study directories such as experiments/fashion_mnist_micro"
+    )
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_against_a_study(study, tmp_path):
     import nbformat
     from nbclient import NotebookClient
@@ -80,8 +94,15 @@ def test_the_notebook_runs_against_a_study(study, tmp_path):
 
     os.environ["ROADMAP_STUDY"] = str(study)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "analysis")}}).execute()
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "analysis")}}
+        ).execute()
     finally:
         del os.environ["ROADMAP_STUDY"]
-    text = "\n".join(str(o.get("text", o.get("data", {}).get("text/plain", ""))) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    text = "\n".join(
+        str(o.get("text", o.get("data", {}).get("text/plain", "")))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
     assert "10 runs" in text and "steps change top-1 in the same direction as in the paper" in str(nb.cells[7].outputs)

@@ -6,7 +6,9 @@ from torchvision.transforms import v2
 from roadmap.augment import BatchAugment, random_erasing, sample_boxes
 from roadmap.randaugment import Policy, RandAugment
 
-SAME = torch.arange(32 * 32, dtype=torch.float32).reshape(1, 1, 32, 32).div(4).byte().repeat(8, 1, 1, 1)  # 8 identical images
+SAME = (
+    torch.arange(32 * 32, dtype=torch.float32).reshape(1, 1, 32, 32).div(4).byte().repeat(8, 1, 1, 1)
+)  # 8 identical images
 
 
 def g(seed=0):

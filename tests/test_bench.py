@@ -18,10 +18,10 @@ def test_the_references_at_both_ends_are_the_same_networks_as_ours():
 
     for regime in ("micro", "r50"):
         for step, refs in bench.REFERENCES.items():
-            cfg = model_config(roadmap.compose(step, *bench._overrides(regime, "cpu")))
+            cfg = model_config(roadmap.compose(step, *bench.overrides_for(regime, "cpu")))
             for impl, build, fits in refs:
                 if fits(cfg):
-                    assert bench._same_network(roadmap.ConvNet(cfg), build(cfg)), (regime, step, impl)
+                    assert bench.same_network(roadmap.ConvNet(cfg), build(cfg)), (regime, step, impl)
 
 
 def test_timm_has_no_micro_resnet_because_its_stem_is_always_64_channels():
@@ -30,6 +30,7 @@ def test_timm_has_no_micro_resnet_because_its_stem_is_always_64_channels():
     assert fits["timm"](ModelConfig())
 
 
+@pytest.mark.slow
 def test_a_cheap_run_prints_and_writes_the_table_with_every_target(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "roadmap.bench", "steps=resnet,separate_downsampling", "reps=1", "seconds=0.05",
@@ -54,7 +55,7 @@ def test_peak_memory_counts_what_a_training_step_allocates():
         a = torch.ones(1024, 1024)  # 4 MiB, freed at the end
         return a.sum()
 
-    assert 4 * 2**20 <= bench._cpu_step_growth(step) < 5 * 2**20
+    assert 4 * 2**20 <= bench.cpu_step_growth(step) < 5 * 2**20
 
 
 @pytest.mark.parametrize("arg, fragment", [

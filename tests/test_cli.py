@@ -7,32 +7,32 @@ import pytest
 
 import roadmap
 from roadmap import ConfigError
+from roadmap.inspect import table
 
 
 def inspect(*args):
     return subprocess.run([sys.executable, "-m", "roadmap.inspect", *args], capture_output=True, text=True)
 
 
-def test_inspect_prints_table_10_beside_our_counts():
-    out = inspect("+step=all", "regime=r50")
-    assert out.returncode == 0, out.stderr
-    for step in roadmap.STEPS:
-        assert f"\n{step} " in out.stdout
-    assert "15 of 17 steps within 0.01 G of the paper." in out.stdout
-    assert "layer_norm: paper 4.46" in out.stdout and "OUT OF TOLERANCE" not in out.stdout
+def test_inspect_counts_every_step_beside_table_10():
+    rows = table(list(roadmap.STEPS), ["regime=r50"])
+    assert [r["step"] for r in rows] == list(roadmap.STEPS)
+    assert sum(r["ok"] for r in rows) == 15
+    assert {r["step"] for r in rows if not r["ok"]} == {r["step"] for r in rows if r["explained"]} == {
+        "layer_norm", "separate_downsampling"}
 
 
-def test_inspect_prints_table_11_for_r200():
-    out = inspect("+step=all", "regime=r200")
-    assert out.returncode == 0, out.stderr
-    assert "17 of 17 steps within 0.01 G of the paper." in out.stdout
+def test_inspect_counts_every_step_beside_table_11_for_r200():
+    assert all(r["ok"] for r in table(list(roadmap.STEPS), ["regime=r200"]))
 
 
-def test_inspect_takes_a_list_of_steps_and_overrides():
+def test_inspect_takes_a_list_of_steps_and_overrides_and_prints_the_table():
     out = inspect("+step=wider,gelu", "model.kernel_size=5")
     assert out.returncode == 0, out.stderr
     assert "regime micro" in out.stdout and "\nwider " in out.stdout and "\ngelu " in out.stdout
     assert "paper GFLOPs" not in out.stdout  # no paper columns for the micro regime
+    rows = table(["wider", "gelu"], ["model.kernel_size=5"])
+    assert [r["regime"] for r in rows] == ["micro", "micro"] and "paper_gflops" not in rows[0]
 
 
 BAD = [
@@ -43,7 +43,10 @@ BAD = [
     (["+step=resnet", "model.depths=[3,3,9]"], "model.depths has 3 stages but model.widths has 4"),
     (["+step=resnet", "model.in_chans=3"], "model.in_chans=3 conflicts with data.channels=1"),
     (["+step=separate_downsampling", "data.image_size=16"], "data.image_size=16 conflicts with model.stem=patchify"),
-    (["+step=resnet", "model.block=dense"], "bad value for 'model.block': Invalid value 'dense', expected one of [bottleneck"),
+    (
+        ["+step=resnet", "model.block=dense"],
+        "bad value for 'model.block': Invalid value 'dense', expected one of [bottleneck",
+    ),
     (["+step=resnet", "regime=r101"], "unknown regime 'r101': choose one of micro, r200, r50"),
     (["+step=resnet", "model.depthwise=maybe"], "bad value for 'model.depthwise'"),
 ]

@@ -61,4 +61,6 @@ def test_an_image_folder_with_another_number_of_classes_is_refused(tmp_path):
     from roadmap.data import DataError, folder_datasets
 
     with pytest.raises(DataError, match="has 3 classes but data.num_classes=10: set data.num_classes=3"):
-        folder_datasets(data_cfg("data=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.num_classes=10"), (0.08, 1))
+        folder_datasets(
+            data_cfg("data=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.num_classes=10"), (0.08, 1)
+        )

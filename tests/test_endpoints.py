@@ -120,7 +120,9 @@ def test_import_is_strict_about_left_over_tensors():
 
 def test_import_is_strict_about_shapes():
     sd = torchvision.models.resnet50(num_classes=10).state_dict()
-    with pytest.raises(WeightImportError, match=r"fc\.weight has shape \(10, 2048\) in the state dict but \(1000, 2048\)"):
+    with pytest.raises(
+        WeightImportError, match=r"fc\.weight has shape \(10, 2048\) in the state dict but \(1000, 2048\)"
+    ):
         roadmap.import_weights(build("resnet", "regime=r50"), sd)
 
 

@@ -23,7 +23,9 @@ def git(*args):
 
 
 def app(module, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", f"roadmap.{module}", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", f"roadmap.{module}", *args], capture_output=True, text=True, cwd=cwd, timeout=900
+    )
 
 
 def test_the_default_study_directory_holds_no_committed_runs_and_is_ignored_by_git():
@@ -57,7 +59,11 @@ def test_the_reference_study_stays_readable_where_no_default_run_writes():
 @pytest.mark.slow
 def test_the_package_builds_without_a_single_warning(tmp_path):
     src = tmp_path / "src"
-    files = git("ls-files", "--cached", "--others", "--exclude-standard").stdout.split() if (ROOT / ".git").exists() else None
+    files = (
+        git("ls-files", "--cached", "--others", "--exclude-standard").stdout.split()
+        if (ROOT / ".git").exists()
+        else None
+    )
     if files:
         for f in files:
             if (ROOT / f).is_file() and not f.startswith("experiments/"):
@@ -65,8 +71,22 @@ def test_the_package_builds_without_a_single_warning(tmp_path):
                 shutil.copy2(ROOT / f, src / f)
     else:
         shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "experiments", "runs", "*.egg-info", "build"))
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
-                          str(src)], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     setuptools_lines = [ln for ln in (out.stdout + out.stderr).splitlines() if "Warning" in ln or "!!" in ln]
     assert setuptools_lines == []
@@ -115,6 +135,7 @@ def test_a_sweeps_cfg_shows_its_first_run():
     assert "the config of the first of 34 runs" in out.stderr
 
 
+@pytest.mark.slow
 def test_info_and_shell_completion_answer_as_in_any_hydra_app():
     info = app("train", "+step=gelu", "--info", "defaults")
     assert info.returncode == 0 and "step/gelu" in info.stdout and "recipe/convnext" in info.stdout
@@ -122,8 +143,13 @@ def test_info_and_shell_completion_answer_as_in_any_hydra_app():
     assert install.returncode == 0 and "complete -o nospace" in install.stdout
     import os
 
-    query = subprocess.run([sys.executable, "-m", "roadmap.train", "-sc", "query=bash"], capture_output=True, text=True, cwd=ROOT,
-                           env={**os.environ, "COMP_LINE": "roadmap-train +step=kernel_", "COMP_POINT": "26"})
+    query = subprocess.run(
+        [sys.executable, "-m", "roadmap.train", "-sc", "query=bash"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "COMP_LINE": "roadmap-train +step=kernel_", "COMP_POINT": "26"},
+    )
     assert query.stdout.split() == ["+step=kernel_11", "+step=kernel_5", "+step=kernel_7", "+step=kernel_9"]
 
 

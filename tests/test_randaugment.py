@@ -14,7 +14,7 @@ from scipy import stats
 import roadmap
 from roadmap.augment import BatchAugment
 from roadmap.errors import ConfigError
-from roadmap.randaugment import GEOMETRIC, INCREASING_OPS, LEVEL_TO_ARG, OPS, Policy, RandAugment, fill_colour
+from roadmap.randaugment import GEOMETRIC, INCREASING_OPS, LEVEL_TO_ARG, Policy, RandAugment, fill_colour
 
 timm_aa = pytest.importorskip("timm.data.auto_augment")
 MAGNITUDES = (0, 2.5, 5.5, 9, 9.7, 10)
@@ -71,7 +71,9 @@ def max_difference(batch, name, magnitude, negate, interpolation="bicubic", resa
 SKIP = {("PosterizeIncreasing", 10), ("Posterize", 0)}
 
 
-@pytest.mark.parametrize("name", INCREASING_OPS + ("Posterize", "Solarize", "Color", "Contrast", "Brightness", "Sharpness"))
+@pytest.mark.parametrize(
+    "name", INCREASING_OPS + ("Posterize", "Solarize", "Color", "Contrast", "Brightness", "Sharpness")
+)
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_each_op_equals_timms_pil_op_on_real_images(images, name, mode):
     for magnitude in MAGNITUDES:
@@ -92,7 +94,12 @@ def test_geometric_ops_equal_pils_resampling_on_non_square_images(images, name, 
 
 def test_black_after_keeping_no_bits(images):
     ra = RandAugment(Policy(increasing=True), (73,))
-    out = ra.apply(images["L"].float(), "PosterizeIncreasing", torch.ones(64, dtype=torch.float64), torch.ones(64, dtype=torch.float64))
+    out = ra.apply(
+        images["L"].float(),
+        "PosterizeIncreasing",
+        torch.ones(64, dtype=torch.float64),
+        torch.ones(64, dtype=torch.float64),
+    )
     assert out.max() == 0
 
 
@@ -103,7 +110,9 @@ def test_the_magnitude_tables_are_timms():
     grid = [i / 100 for i in range(0, 1001)]  # magnitudes 0..10
     for name, to_arg in LEVEL_TO_ARG.items():
         for sign in (1.0, -1.0):
-            ours = to_arg(torch.tensor(grid, dtype=torch.float64) / 10, torch.full((len(grid),), sign, dtype=torch.float64))
+            ours = to_arg(
+                torch.tensor(grid, dtype=torch.float64) / 10, torch.full((len(grid),), sign, dtype=torch.float64)
+            )
             saved = random.random
             random.random = (lambda: 1.0) if sign < 0 else (lambda: 0.0)
             try:
@@ -163,7 +172,9 @@ def test_about_one_op_per_image_is_applied():
 # ----------------------------------------------------------------------------- the policy string
 
 
-@pytest.mark.parametrize("text", ["rand-m9-mstd0.5-inc1", "rand-m9-mstd0.5", "rand-m7-n3-mstd1-inc1", "rand-m10-mstd101-mmax10-inc1-p0.7"])
+@pytest.mark.parametrize(
+    "text", ["rand-m9-mstd0.5-inc1", "rand-m9-mstd0.5", "rand-m7-n3-mstd1-inc1", "rand-m10-mstd101-mmax10-inc1-p0.7"]
+)
 def test_the_policy_string_round_trips(text):
     assert Policy.parse(text).name == text
 
@@ -171,7 +182,9 @@ def test_the_policy_string_round_trips(text):
 def test_the_policy_reads_like_timms():
     p = Policy.parse("rand-m9-mstd0.5-inc1")
     assert (p.magnitude, p.num_ops, p.magnitude_std, p.increasing, p.prob) == (9, 2, 0.5, True, 0.5)
-    assert p.ops == tuple(timm_aa._RAND_INCREASING_TRANSFORMS) and Policy.parse("rand-m9").ops == tuple(timm_aa._RAND_TRANSFORMS)
+    assert p.ops == tuple(timm_aa._RAND_INCREASING_TRANSFORMS) and Policy.parse("rand-m9").ops == tuple(
+        timm_aa._RAND_TRANSFORMS
+    )
     assert math.isinf(Policy.parse("rand-m9-mstd101").magnitude_std)
 
 

@@ -27,8 +27,20 @@ def lrs(rec, steps_per_epoch=10):
 
 def test_the_resnet_step_trains_with_the_original_recipe():
     r = recipe("resnet", "+experiment=imagenet_r50")
-    assert (r.name, r.optimizer, r.lr, r.lr_batch, r.momentum, r.weight_decay) == ("classic", "sgd", 0.1, 256, 0.9, 1e-4)
-    assert (r.epochs, r.batch_size, r.interpolation, r.randaugment) == (90, 256, "bilinear", None)  # torchvision trains bilinear
+    assert (r.name, r.optimizer, r.lr, r.lr_batch, r.momentum, r.weight_decay) == (
+        "classic",
+        "sgd",
+        0.1,
+        256,
+        0.9,
+        1e-4,
+    )
+    assert (r.epochs, r.batch_size, r.interpolation, r.randaugment) == (
+        90,
+        256,
+        "bilinear",
+        None,
+    )  # torchvision trains bilinear
     opt, seq = lrs(r, 2)
     assert isinstance(opt, torch.optim.SGD) and all(g["weight_decay"] == 1e-4 for g in opt.param_groups)
     assert seq[0] == pytest.approx(0.1) and seq[30 * 2] == pytest.approx(0.01) and seq[60 * 2] == pytest.approx(0.001)
@@ -39,7 +51,14 @@ def test_every_later_step_trains_with_the_convnext_recipe_of_table_5():
     for step in roadmap.STEPS[1:]:
         assert recipe(step).name == "convnext"
     r = recipe("separate_downsampling", "+experiment=imagenet_r50")
-    assert (r.optimizer, r.lr, r.lr_batch, r.lr_scaling, r.weight_decay, r.betas) == ("adamw", 4e-3, 4096, "linear", 0.05, [0.9, 0.999])
+    assert (r.optimizer, r.lr, r.lr_batch, r.lr_scaling, r.weight_decay, r.betas) == (
+        "adamw",
+        4e-3,
+        4096,
+        "linear",
+        0.05,
+        [0.9, 0.999],
+    )
     assert (r.epochs, r.batch_size, r.warmup, r.min_lr) == (300, 4096, pytest.approx(20 / 300), 1e-6)
     assert (r.randaugment, r.interpolation) == ("rand-m9-mstd0.5-inc1", "bicubic")
     assert (r.mixup, r.cutmix, r.random_erasing, r.label_smoothing, r.regularization) == (0.8, 1.0, 0.25, 0.1, 1.0)
@@ -81,7 +100,12 @@ def test_square_root_lr_scaling_for_small_batches():
 
 def test_imagenet_presets_reach_batch_4096_by_accumulating_gradients():
     cfg = validate(roadmap.compose("gelu", "+experiment=imagenet_r50"))
-    assert (cfg.data.image_size, cfg.data.channels, cfg.data.num_classes, cfg.data.source) == (224, 3, 1000, "imagefolder")
+    assert (cfg.data.image_size, cfg.data.channels, cfg.data.num_classes, cfg.data.source) == (
+        224,
+        3,
+        1000,
+        "imagefolder",
+    )
     assert cfg.recipe.batch_size // cfg.recipe.device_batch == 32  # on one GPU; 4 on eight
     assert validate(roadmap.compose("gelu", "+experiment=imagenet_r200")).regime.name == "r200"
 
@@ -93,14 +117,16 @@ def test_ema_of_a_batchnorm_step_averages_its_running_statistics_too(tmp_path):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     ema, model = state["ema"], state["model"]
     stem_mean, stem_var = ema["module.stem.norm.running_mean"], ema["module.stem.norm.running_var"]
-    assert not torch.equal(stem_mean, torch.zeros_like(stem_mean)) and not torch.equal(stem_var, torch.ones_like(stem_var))
+    assert not torch.equal(stem_mean, torch.zeros_like(stem_mean)) and not torch.equal(
+        stem_var, torch.ones_like(stem_var)
+    )
     assert not torch.equal(stem_mean, model["stem.norm.running_mean"])  # an average, not the last value
 
 
 def test_ema_evaluates_as_a_hand_averaged_copy_of_weights_and_buffers():
     import copy
 
-    from roadmap.train import build_ema
+    from roadmap.engine import build_ema
 
     torch.manual_seed(0)
     model = roadmap.build_model(roadmap.compose("resnet"))
@@ -127,12 +153,13 @@ def test_each_recipe_resamples_with_its_own_interpolation_in_memory_and_in_image
     from PIL import Image
     from torchvision.transforms import v2
 
-    from roadmap.data import folder_datasets
-    from roadmap.train import Data
+    from roadmap.data import Data, folder_datasets
+    from roadmap.machine import Machine
 
-    classic, convnext = validate(roadmap.compose("resnet")), validate(roadmap.compose("gelu"))
-    assert Data(classic, torch.device("cpu"), 0, 1, 64).augment.interpolation == "bilinear"
-    assert Data(convnext, torch.device("cpu"), 0, 1, 64).augment.interpolation == "bicubic"
+    here = Machine(0, 1, 0, torch.device("cpu"))
+    for step, interpolation in (("resnet", "bilinear"), ("gelu", "bicubic")):
+        run = validate(roadmap.compose(step))
+        assert Data(run.data, run.recipe, run.seed, here, 64).augment.interpolation == interpolation
     for split in ("train", "val"):
         for label in ("a", "b"):
             (tmp_path / split / label).mkdir(parents=True)

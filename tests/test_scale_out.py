@@ -21,8 +21,21 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_
 def torchrun(*args, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "roadmap.sweep", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "roadmap.sweep",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -84,7 +97,9 @@ def test_under_slurm_each_task_gets_torchruns_variables(monkeypatch):
         monkeypatch.setenv(key, value)
     export_cluster_environment()
     env = {k: os.environ[k] for k in TORCHRUN_ENV}
-    assert env["RANK"] == "5" and env["WORLD_SIZE"] == "8" and env["LOCAL_RANK"] == "1" and env["LOCAL_WORLD_SIZE"] == "4"
+    assert (
+        env["RANK"] == "5" and env["WORLD_SIZE"] == "8" and env["LOCAL_RANK"] == "1" and env["LOCAL_WORLD_SIZE"] == "4"
+    )
     assert env["MASTER_ADDR"] == "gpu07"  # the job's first node, the same for every task
     assert "CUDA_VISIBLE_DEVICES" not in os.environ  # LOCAL_RANK picks the GPU, as under torchrun
 
@@ -98,11 +113,20 @@ def test_one_task_or_no_job_exports_nothing(monkeypatch):
 # ----------------------------------------------------------------------------- the lock
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     run = tmp_path / "gelu" / "seed0"
     run.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", f"from roadmap import rundir; l = rundir.claim({str(run)!r}); "
-                               "print('held', flush=True); import time; time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from roadmap import rundir; l = rundir.claim({str(run)!r}); "
+            "print('held', flush=True); import time; time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     assert rundir.holder(run) == f"pid {holder.pid} on {os.uname().nodename}"
     holder.send_signal(signal.SIGKILL)

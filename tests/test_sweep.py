@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,9 @@ QUICK = ("data.train_limit=2048", "recipe.batch_size=128")  # a few seconds a ru
 
 
 def sweep(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "roadmap.sweep", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "roadmap.sweep", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def results(study):
@@ -33,20 +34,33 @@ def summaries(study):
     return {p.parent.relative_to(study).as_posix(): p.read_text() for p in sorted(study.glob("*/seed*/summary.json"))}
 
 
+@pytest.mark.slow
 def test_a_smoke_sweep_trains_every_step_and_seed_and_writes_the_table(tmp_path):
     out = sweep("+step=resnet,modern_recipe", "seed=0,1", *SMOKE, f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     rows = results(tmp_path)
     assert [(r["step"], r["seed"], r["status"]) for r in rows] == [
-        ("resnet", "0", "completed"), ("resnet", "1", "completed"), ("modern_recipe", "0", "completed"), ("modern_recipe", "1", "completed")]
-    assert {r["run_dir"] for r in rows} == {str(tmp_path / s / f"seed{k}") for s in ("resnet", "modern_recipe") for k in (0, 1)}
-    table = (tmp_path / "table.md").read_text()
-    assert "| step | what changes | params (M) | GMACs | top-1 (%) | ± std | seeds | Δ top-1 | img/s | paper top-1 (r50) | paper Δ |" in table
-    assert "| modern_recipe | ConvNeXt training recipe" in table and "| 2/2 |" in table
-    assert "| 78.82 | +2.69 |" in table  # the paper's top-1 and change, beside ours
+        ("resnet", "0", "completed"),
+        ("resnet", "1", "completed"),
+        ("modern_recipe", "0", "completed"),
+        ("modern_recipe", "1", "completed"),
+    ]
+    assert {r["run_dir"] for r in rows} == {
+        str(tmp_path / s / f"seed{k}") for s in ("resnet", "modern_recipe") for k in (0, 1)
+    }
+    with open(tmp_path / "table.csv") as f:
+        table = {r["step"]: r for r in csv.DictReader(f)}
+    assert list(table) == ["resnet", "modern_recipe"]
+    assert (table["modern_recipe"]["seeds"], table["modern_recipe"]["builds_on"]) == ("2", "resnet")
+    assert float(table["modern_recipe"]["paper_top1"]) == 78.82  # the paper's top-1 and change, beside ours
+    assert float(table["modern_recipe"]["paper_delta"]) == pytest.approx(2.69)
+    delta = float(table["modern_recipe"]["top1_mean"]) - float(table["resnet"]["top1_mean"])
+    assert float(table["modern_recipe"]["delta"]) == pytest.approx(delta)
+    assert (tmp_path / "table.md").read_text().startswith("| step | what changes |")
     assert "all 4 runs completed." in out.stdout
 
 
+@pytest.mark.slow
 def test_killed_mid_sweep_and_rerun_every_run_completes_once_as_in_an_uninterrupted_sweep(tmp_path):
     args = ["+step=resnet,gelu,layer_norm", *SMOKE, *QUICK]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -72,6 +86,7 @@ def test_killed_mid_sweep_and_rerun_every_run_completes_once_as_in_an_uninterrup
     assert key(results(killed)) == key(results(whole))
 
 
+@pytest.mark.slow
 def test_a_run_whose_saved_config_differs_is_refused_by_name(tmp_path):
     assert sweep("+step=gelu", *SMOKE, f"hydra.sweep.dir={tmp_path}").returncode == 0
     before = summaries(tmp_path)
@@ -82,6 +97,7 @@ def test_a_run_whose_saved_config_differs_is_refused_by_name(tmp_path):
     assert summaries(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_run_locked_by_another_process_is_not_trained_twice(tmp_path):
     run = tmp_path / "gelu" / "seed0"
     run.mkdir(parents=True)
@@ -95,13 +111,18 @@ def test_a_run_locked_by_another_process_is_not_trained_twice(tmp_path):
     assert sweep("+step=gelu,layer_norm", *SMOKE, f"hydra.sweep.dir={tmp_path}").returncode == 0  # lock released
 
 
+@pytest.mark.slow
 def test_runs_that_diverge_do_not_stop_the_sweep_and_are_named(tmp_path):
     out = sweep("+step=resnet,gelu", *SMOKE, "recipe.lr=1e12", f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 1
-    assert [r["status"] for r in results(tmp_path)] == ["diverged", "diverged"]  # the second ran after the first diverged
+    assert [r["status"] for r in results(tmp_path)] == [
+        "diverged",
+        "diverged",
+    ]  # the second ran after the first diverged
     assert "2 of 2 runs did not complete: resnet seed0: diverged; gelu seed0: diverged" in out.stderr  # roadmap order
 
 
+@pytest.mark.slow
 def test_joblib_runs_two_steps_at_once(tmp_path):
     out = sweep("+step=resnet,gelu", *SMOKE, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.threads=1",
                 f"hydra.sweep.dir={tmp_path}")
@@ -109,6 +130,7 @@ def test_joblib_runs_two_steps_at_once(tmp_path):
     assert [r["status"] for r in results(tmp_path)] == ["completed", "completed"]
 
 
+@pytest.mark.slow
 def test_submitit_launches_each_run_as_a_job(tmp_path):
     out = sweep("+step=resnet,gelu", *SMOKE, "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 0, out.stderr
@@ -122,16 +144,24 @@ def test_the_slurm_launcher_config_composes():
     from roadmap.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["+step=gelu", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=8"], return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=["+step=gelu", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=8"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == 8 and launcher.max_num_timeout == 3
+    assert (
+        launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == 8 and launcher.max_num_timeout == 3
+    )
 
 
 # ----------------------------------------------------------------------------- bad input
 
 
 def test_an_unknown_step_in_the_list_stops_before_any_training(tmp_path):
-    one_line_error(sweep("+step=resnet,gelu,transformer", f"hydra.sweep.dir={tmp_path / 's'}"), "unknown step 'transformer'")
+    one_line_error(
+        sweep("+step=resnet,gelu,transformer", f"hydra.sweep.dir={tmp_path / 's'}"), "unknown step 'transformer'"
+    )
     assert not (tmp_path / "s").exists()
 
 

@@ -39,6 +39,7 @@ def summaries(study):
     return {p.relative_to(study).as_posix(): p.read_bytes() for p in sorted(study.rglob("summary.json"))}
 
 
+@pytest.mark.slow
 def test_a_2x2_sweep_trains_four_runs_in_four_directories_named_by_their_values(study):
     assert sorted(summaries(study)) == [
         "recipe.lr=0.001/gelu/seed0/summary.json", "recipe.lr=0.001/resnet/seed0/summary.json",
@@ -51,14 +52,24 @@ def test_a_2x2_sweep_trains_four_runs_in_four_directories_named_by_their_values(
             assert f"lr: {lr}" in (run / "config.yaml").read_text()  # each run trained at its own value
 
 
+@pytest.mark.slow
 def test_the_study_tables_carry_the_swept_key_as_a_column(study):
     runs = pd.read_csv(study / "results.csv")
-    assert sorted(zip(runs["recipe.lr"], runs["step"])) == [(0.001, "gelu"), (0.001, "resnet"), (0.002, "gelu"), (0.002, "resnet")]
+    assert sorted(zip(runs["recipe.lr"], runs["step"])) == [
+        (0.001, "gelu"),
+        (0.001, "resnet"),
+        (0.002, "gelu"),
+        (0.002, "resnet"),
+    ]
     table = pd.read_csv(study / "table.csv")
     assert list(table.columns[:2]) == ["recipe.lr", "step"]
-    assert table.groupby("recipe.lr")["step"].apply(list).to_dict() == {0.001: ["resnet", "gelu"], 0.002: ["resnet", "gelu"]}
+    assert table.groupby("recipe.lr")["step"].apply(list).to_dict() == {
+        0.001: ["resnet", "gelu"],
+        0.002: ["resnet", "gelu"],
+    }
 
 
+@pytest.mark.slow
 def test_the_results_api_groups_the_step_table_by_the_swept_key(study):
     runs = R.load(study)
     assert R.swept_keys(runs) == ["recipe.lr"] and set(runs["study"]) == {"lr_study"}
@@ -68,6 +79,7 @@ def test_the_results_api_groups_the_step_table_by_the_swept_key(study):
     assert "recipe.lr" in R.history(study).columns
 
 
+@pytest.mark.slow
 def test_rerunning_the_sweep_retrains_nothing(study):
     before = summaries(study)
     out = sweep("+step=resnet,gelu", "recipe.lr=1e-3,2e-3", *SMOKE, f"hydra.sweep.dir={study}")
@@ -75,6 +87,7 @@ def test_rerunning_the_sweep_retrains_nothing(study):
     assert summaries(study) == before
 
 
+@pytest.mark.slow
 def test_make_plots_draws_each_figure_once_per_value(study):
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-m", "analysis.plots", str(study)], capture_output=True, text=True, cwd=root)
@@ -113,13 +126,19 @@ def test_the_default_study_without_other_axes_keeps_its_layout():
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("args,message", [
-    (("+step=gelu", "model.kernel_sise=5,7"), "unknown config key 'model.kernel_sise'"),
-    (("+step=gelu", "recipe.lr=1e-3,0.001"), "gives two runs the same directory (recipe.lr=0.001): list each value once"),
-    (("+step=gelu", "data.root=/a,/b"), "cannot name a run directory"),
-    (("+step=gelu", "recipe.lr=interval(0,1)"), "interval() needs an optimizing sweeper"),
-    (("+step=gelu", "model.kernel_size=4,5"), "model.kernel_size=4 is not valid"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("+step=gelu", "model.kernel_sise=5,7"), "unknown config key 'model.kernel_sise'"),
+        (
+            ("+step=gelu", "recipe.lr=1e-3,0.001"),
+            "gives two runs the same directory (recipe.lr=0.001): list each value once",
+        ),
+        (("+step=gelu", "data.root=/a,/b"), "cannot name a run directory"),
+        (("+step=gelu", "recipe.lr=interval(0,1)"), "interval() needs an optimizing sweeper"),
+        (("+step=gelu", "model.kernel_size=4,5"), "model.kernel_size=4 is not valid"),
+    ],
+)
 def test_a_bad_sweep_is_refused_before_anything_runs(args, message):
     with pytest.raises(ConfigError, match=None) as err:
         planned(*args)
