@@ -303,16 +303,18 @@ def _round15(v: torch.Tensor) -> torch.Tensor:
 
 
 def _cubic(v1, v2, v3, v4, d):
-    """PIL's BICUBIC macro: cubic convolution with a = -1."""
-    p2 = -v1 + v3
-    p3 = 2 * (v1 - v2) + v3 - v4
-    p4 = -v1 + v2 - v3 + v4
-    return v2 + d * (p2 + d * (p3 + d * p4))
+    """PIL's BICUBIC macro, a cubic convolution with a = -1, rounding as PIL does:
+    v2 + d (p2 + d (p3 + d p4)), p2 = v3 - v1, p3 = 2 (v1 - v2) + v3 - v4, p4 = v2 - v1 - v3 + v4."""
+    p2 = v3 - v1
+    p3 = (v1 - v2).mul_(2).add_(v3).sub_(v4)
+    p4 = (v2 - v1).sub_(v3).add_(v4)
+    return p4.mul_(d).add_(p3).mul_(d).add_(p2).mul_(d).add_(v2)
 
 
 def resample(x: torch.Tensor, matrix: torch.Tensor, fill: Sequence[float], mode: str = "bicubic") -> torch.Tensor:
     """Image.transform(size, AFFINE, matrix, resample, fillcolor) for a batch: float64 as PIL,
-    edge pixels clamped, samples outside the image filled, values clipped and truncated."""
+    edge pixels clamped, samples outside the image filled, values clipped and truncated.
+    All taps come from one gather; the cubic is PIL's, evaluated in PIL's order."""
     n, c, h, w = x.shape
     a = matrix.to(x.device).view(n, 6, 1, 1)
     ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float64) + 0.5,
@@ -322,19 +324,24 @@ def resample(x: torch.Tensor, matrix: torch.Tensor, fill: Sequence[float], mode:
     inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
     sx, sy = sx - 0.5, sy - 0.5
     x0, y0 = torch.floor(sx), torch.floor(sy)
-    dx, dy = (sx - x0).unsqueeze(1), (sy - y0).unsqueeze(1)
+    dx, dy = sx - x0, sy - y0
     taps = range(-1, 3) if mode == "bicubic" else range(0, 2)
+    rows = torch.stack([(y0 + j).clamp(0, h - 1) for j in taps], 1).long() * w  # (n, k, h, w)
     src = x.to(torch.float64).reshape(n, c, h * w)
+    k = len(taps)
 
-    def pick(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        index = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1)).long().view(n, 1, h * w).expand(n, c, h * w)
-        return src.gather(2, index).view(n, c, h, w)
+    def column(i: int) -> torch.Tensor:  # the tap at column offset i, for every row tap: (n, c, k, h, w)
+        index = rows + (x0 + i).clamp(0, w - 1).long().unsqueeze(1)
+        return src.gather(2, index.view(n, 1, -1).expand(n, c, -1)).view(n, c, k, h, w)
 
-    rows = []
-    for j in taps:
-        cols = [pick(y0 + j, x0 + i) for i in taps]
-        rows.append(_cubic(*cols, dx) if mode == "bicubic" else cols[0] + (cols[1] - cols[0]) * dx)
-    v = _cubic(*rows, dy) if mode == "bicubic" else rows[0] + (rows[1] - rows[0]) * dy
+    ddx, ddy = dx.view(n, 1, 1, h, w), dy.view(n, 1, h, w)
+    if mode == "bicubic":
+        v = _cubic(*(column(i) for i in taps), ddx)  # along each row tap
+        v = _cubic(*v.unbind(2), ddy)
+    else:
+        left, right = column(0), column(1)
+        v = left + (right - left) * ddx
+        v = v[:, :, 0] + (v[:, :, 1] - v[:, :, 0]) * ddy
     v = torch.trunc(v.clamp(0, 255))
     fill_value = torch.tensor(list(fill), dtype=torch.float64, device=x.device).view(1, c, 1, 1)
     return torch.where(inside.unsqueeze(1), v, fill_value).to(x.dtype)

@@ -33,14 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 from hydra.core.override_parser.types import Glob, Override
 from omegaconf import DictConfig, OmegaConf
 
 from roadmap import results, rundir
 from roadmap.cli import CommandLine, check, launch, line, one_line_errors, read, step_names
 from roadmap.config import CONF_DIR, GROUPS, ConfigError, compose, hydra_config, options
-from roadmap.recipe import RecipeConfig
+from roadmap.data import IN_MEMORY_LOADERS
 from roadmap.machine import Device, from_main_process, is_main_process, setup_distributed, shutdown_distributed
+from roadmap.recipe import RecipeConfig
 from roadmap.train import run_one
 
 EXAMPLE = "+step=all or seed=0,1,2"
@@ -74,6 +76,8 @@ class Plan:
     sweep_dir: Path
     configs: Dict[Tuple[str, str], DictConfig]
     """(variant, step) -> its composed config, for the first seed."""
+    jobs: int = 1
+    """Runs that train side by side (Hydra's joblib launcher), each on its train.threads cores."""
 
     def variants(self) -> List[str]:
         """Each combination of the axes' values as its directory, the way Hydra's
@@ -110,6 +114,7 @@ class Plan:
             f"hydra.sweep.dir={quote(str(self.sweep_dir))}",
             f"hydra.sweep.subdir='{subdir}'",
             *naming,
+            *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={self.jobs}"] if self.jobs > 1 else []),
         ]
 
 
@@ -147,7 +152,23 @@ def plan(cmd: CommandLine) -> Plan:
         p.seeds = [int(next(iter(p.configs.values())).seed)]
     first = filter(None, p.variants()[0].split("/"))
     p.sweep_dir = Path(hydra_config(p.steps[0], [*p.fixed, *first, *cmd.hydra]).sweep.dir)
+    p.jobs = side_by_side(cmd, p)
     return p
+
+
+def side_by_side(cmd: CommandLine, p: Plan) -> int:
+    """How many runs train at once: on the CPU, for in-memory data, with no launcher chosen,
+    one run per train.threads cores (the micro budget: 1 thread, so one run per core; small
+    networks gain more from runs side by side than from threads, BENCHMARKS.md); else 1."""
+    if any(o.key_or_group == "hydra/launcher" for o in cmd.overrides) or "WORLD_SIZE" in os.environ:
+        return 1
+    threads = []
+    for cfg in p.configs.values():
+        on_cpu = cfg.train.device is Device.cpu or (cfg.train.device is Device.auto and not torch.cuda.is_available())
+        if not on_cpu or cfg.data.source not in IN_MEMORY_LOADERS or cfg.train.threads == 0:
+            return 1
+        threads.append(cfg.train.threads)
+    return max(1, min(len(p.runs()), len(os.sched_getaffinity(0)) // max(threads)))
 
 
 def seed_values(seed: Optional[Override]) -> List[int]:
@@ -323,8 +344,9 @@ def sweep(argv: List[str]) -> None:
         rundir.check_writable(p.sweep_dir, option="hydra.sweep.dir")
     say = is_main_process()
     if say:
-        print(f"sweep: {len(p.runs())} runs ({len(p.steps)} steps x {len(p.variants())} values x {len(p.seeds)} seeds) "
-              f"-> {p.sweep_dir}", flush=True)
+        at_once = f", {p.jobs} at a time" if p.jobs > 1 else ""
+        print(f"sweep: {len(p.runs())} runs ({len(p.steps)} steps x {len(p.variants())} values x {len(p.seeds)} seeds"
+              f"{at_once}) -> {p.sweep_dir}", flush=True)
     interrupted = False
     try:
         launch(lambda cfg, run_dir: run_job(cfg, run_dir, p.sweep_dir), p.hydra_argv(), "sweep")

@@ -154,3 +154,42 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused_at_plan_time(monk
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="recipe.batch_size=64 does not split over 3 processes: use a multiple of 3"):
         planned("+step=gelu", "+experiment=smoke")
+
+
+# ----------------------------------------------------------------------------- runs side by side
+
+
+def test_a_cpu_study_of_small_networks_trains_one_run_per_core_with_one_thread_each(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    p = planned("+step=all", "train.device=cpu")
+    assert p.jobs == 4 and p.hydra_argv()[-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"]
+    assert all(cfg.train.threads == 1 for cfg in p.configs.values())  # the micro budget's, whatever the cores
+    assert planned("+step=all", "train.device=cpu", "train.threads=2").jobs == 2
+    assert planned("+step=all", "train.device=cpu", "train.threads=0").jobs == 1  # all cores to one run, as before
+    assert planned("+step=resnet", "train.device=cpu").jobs == 1  # one run
+    assert planned("+step=all", "hydra/launcher=basic").jobs == 1  # a launcher chosen is kept
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_keep_the_lock_restart_safety_and_the_results(tmp_path):
+    import fcntl
+
+    args = ("+step=resnet,gelu,layer_norm,separate_downsampling", *SMOKE, "train.device=cpu", f"hydra.sweep.dir={tmp_path}")
+    held = tmp_path / "gelu" / "seed0"
+    held.mkdir(parents=True)
+    with open(held / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another sweep trains gelu
+        out = sweep(*args)
+    assert "2 at a time" in out.stdout and out.returncode == 1
+    assert "gelu seed0: being trained by another process" in out.stderr
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(rows["step"]) == ["layer_norm", "resnet", "separate_downsampling"]
+    assert set(rows["status"]) == {"completed"} and set(rows["threads"]) == {1}
+    before = summaries(tmp_path)
+    rerun = sweep(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    after = summaries(tmp_path)
+    assert {k: v for k, v in after.items() if "gelu" not in k} == before  # the finished runs were not touched
+    assert sorted(pd.read_csv(tmp_path / "results.csv")["step"]) == ["gelu", "layer_norm", "resnet", "separate_downsampling"]
