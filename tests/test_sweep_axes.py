@@ -176,7 +176,12 @@ def test_a_cpu_study_of_small_networks_trains_one_run_per_core_with_one_thread_e
 def test_runs_side_by_side_keep_the_lock_restart_safety_and_the_results(tmp_path):
     import fcntl
 
-    args = ("+step=resnet,gelu,layer_norm,separate_downsampling", *SMOKE, "train.device=cpu", f"hydra.sweep.dir={tmp_path}")
+    args = (
+        "+step=resnet,gelu,layer_norm,separate_downsampling",
+        *SMOKE,
+        "train.device=cpu",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     held = tmp_path / "gelu" / "seed0"
     held.mkdir(parents=True)
     with open(held / ".lock", "w") as lock:
@@ -192,4 +197,9 @@ def test_runs_side_by_side_keep_the_lock_restart_safety_and_the_results(tmp_path
     assert rerun.returncode == 0, rerun.stderr
     after = summaries(tmp_path)
     assert {k: v for k, v in after.items() if "gelu" not in k} == before  # the finished runs were not touched
-    assert sorted(pd.read_csv(tmp_path / "results.csv")["step"]) == ["gelu", "layer_norm", "resnet", "separate_downsampling"]
+    assert sorted(pd.read_csv(tmp_path / "results.csv")["step"]) == [
+        "gelu",
+        "layer_norm",
+        "resnet",
+        "separate_downsampling",
+    ]
