@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis import designs  # noqa: E402
 from roadmap import paper, results  # noqa: E402
 from roadmap.config import SIDE_BRANCHES, STEPS  # noqa: E402
 
@@ -139,12 +140,15 @@ def delta_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(t) + 1.4))
     y = list(range(len(t)))[::-1]
     h = 0.38
-    ax.barh([v + h / 2 for v in y], t["delta"], height=h, color="#1f77b4", label="this study")
+    err = [(t["delta"] - t["delta_lo"]).fillna(0).clip(lower=0), (t["delta_hi"] - t["delta"]).fillna(0).clip(lower=0)]
+    ax.barh([v + h / 2 for v in y], t["delta"], height=h, color="#1f77b4", xerr=err,
+            error_kw={"ecolor": "#0b3c61", "capsize": 2, "lw": 0.8}, label="this study (95% interval over seeds)")
     ax.barh([v - h / 2 for v in y], t["paper_delta"], height=h, color="#ff7f0e", label=f"paper, ImageNet-1K ({ref})")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{s}  (vs {p})" for s, p in zip(t["step"], t["builds_on"])], fontsize=8)
-    ax.set_xlabel("change in top-1 from the step it builds on (percentage points)")
+    ax.set_yticklabels([f"{s}{' *' if sig else ''}  (vs {p})"
+                        for s, p, sig in zip(t["step"], t["builds_on"], t["delta_excludes_zero"])], fontsize=8)
+    ax.set_xlabel("change in top-1 from the step it builds on (percentage points; * interval excludes zero)")
     ax.set_title(f"Which design decisions carry over: {_title(t)}", fontsize=11)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
@@ -198,12 +202,16 @@ def plot_study(study: Path) -> List[Path]:
                  for r, s in zip(left_out["run_dir"], left_out["status"])]
         print(f"{study}: left out {len(left_out)} of {len(runs)} runs that did not complete: {', '.join(names)}")
     hist = results.history(study)
+    design = results.design_of(runs)
     for values, table in results.variants(results.step_table(runs)):
         suffix = "".join(f"__{k}={v}" for k, v in values.items())
         curves = hist
         for k, v in values.items():
             curves = curves[curves[k] == v] if k in curves.columns else curves
-        written += figure2(table, out, suffix) + path_plot(table, out, suffix) + delta_plot(table, out, suffix)
+        if design == "path":
+            written += figure2(table, out, suffix) + path_plot(table, out, suffix) + delta_plot(table, out, suffix)
+        else:
+            written += designs.design_figures(results.matching(runs, values), table, out, design)
         written += curves_plot(curves, table, out, suffix)
     return written
 

@@ -44,6 +44,7 @@ from torch import nn
 from roadmap.cli import one_line_errors, read_argv
 from roadmap.steps import complexity, count_steps
 from roadmap.config import STEPS, compose, expand_steps, model_config, validate
+from roadmap import wall_time
 from roadmap.data import Data
 from roadmap.errors import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, DataError, check_ranges
 from roadmap.machine import Machine, autocast, library_versions
@@ -73,9 +74,15 @@ class BenchConfig:
     threads: int = 0
     """torch threads; 0 = every core this process may use."""
     references: bool = True
+    """Time torchvision's and timm's networks at both ends beside ours."""
     data: bool = True
+    """Time the trainer's data pipeline at full augmentation strength (needs Fashion-MNIST)."""
     count: bool = True
+    """Time composing and counting every step of r50 and r200."""
+    study: bool = True
+    """Project the default study's wall time, one run at a time against runs side by side."""
     out: str = "benchmarks"
+    """Where bench_<device>.md and .csv go."""
 
     def __post_init__(self) -> None:
         check_ranges(self, "", {"reps": POSITIVE_INT, "seconds": POSITIVE, "threads": NON_NEGATIVE_INT})
@@ -329,6 +336,9 @@ def run(cfg: BenchConfig) -> Dict:
     elif device.type == "cpu":
         torch.set_num_threads(len(os.sched_getaffinity(0)))
     counting = time_counting() if cfg.count else None
+    steps = expand_steps(cfg.steps)  # the default study's runs: all steps for make bench
+    study = wall_time.project(steps, seconds=max(cfg.seconds, 0.2)) if cfg.study and device.type == "cpu" else None
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
 
     todo = entries(cfg)
     matmul = matmul_gflops(device, 8192 if device.type == "cuda" else 2048)
@@ -362,7 +372,7 @@ def run(cfg: BenchConfig) -> Dict:
             e.result["ratio_train"] = ours["train_img_s"] / e.result["train_img_s"]
             e.result["ratio_infer"] = ours["infer_img_s"] / e.result["infer_img_s"]
     return {"entries": todo, "matmul_gflops": peak, "data_img_s": statistics.median(data_rates) if data_rates else None,
-            "counting_s": counting}
+            "counting_s": counting, "study": study}
 
 
 def prepare(e: Entry, device: torch.device, cfg: BenchConfig) -> Runner:
@@ -511,7 +521,24 @@ def report(result: Dict, cfg: BenchConfig, command: str) -> str:
              f"Train step: forward, cross-entropy, backward, AdamW; {'bf16 autocast, ' if cfg.device == 'cuda' else ''}"
              f"channels-last; median of {cfg.reps} interleaved repetitions.", "",
              markdown(rows(result)), "", *[f"- {t}" for t in targets(result, cfg.device)]]
+    if result.get("study"):
+        lines += ["", *study_lines(result["study"])]
     return "\n".join(lines) + "\n"
+
+
+def study_lines(study: Dict) -> List[str]:
+    """The default study's projected wall time both ways, and the rates behind it."""
+    n, cores, epochs = len(study["alone"]), study["cores"], study["epochs"]
+    old, new = study["old_s"], study["new_s"]
+    lines = [f"Default study ({n} runs of {epochs} epochs, Fashion-MNIST 60k train / 10k test), projected wall time: "
+             f"one run at a time on {cores} threads {old / 60:.1f} min; {cores} runs side by side, 1 thread each "
+             f"{new / 60:.1f} min ({new / old:.2f}x).", "",
+             f"| step | train img/s, alone ({cores} threads) | test img/s, alone | train img/s, side by side (each) "
+             "| test img/s, side by side (each) |", "|---|---|---|---|---|"]
+    for a, b in zip(study["alone"], study["shared"]):
+        lines.append(f"| {a.step} | {a.train_img_s:.0f} | {a.test_img_s:.0f} | {b.train_img_s:.0f} "
+                     f"| {b.test_img_s:.0f} |")
+    return lines
 
 
 def write(result: Dict, cfg: BenchConfig, text: str) -> List[Path]:

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from roadmap.data import DataConfig
 from roadmap.errors import Choice, HALF_OPEN, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, check_ranges
+from roadmap.factors import check_names
 from roadmap.machine import Device
 from roadmap.model import ModelConfig
 from roadmap.recipe import RecipeConfig
@@ -51,7 +52,7 @@ SIDE_BRANCHES = ("kernel_5", "kernel_9", "kernel_11")
 # The step each one builds on: the one before it, except the kernel-size side branches.
 PARENTS = {step: prev for prev, step in zip(STEPS, STEPS[1:])}
 PARENTS.update({k: "move_up_depthwise" for k in ("kernel_5", "kernel_7", "kernel_9", "kernel_11")}, gelu="kernel_7")
-GROUPS = ("regime", "data", "recipe", "budget", "logger", "experiment")
+GROUPS = ("regime", "data", "recipe", "budget", "logger", "experiment", "design")
 
 
 def _conf_dir() -> Path:
@@ -70,6 +71,34 @@ class StepConfig:
     """The step's name, as its file in conf/step/."""
     change: str = "ModelConfig defaults (ResNet-50), no step selected"
     """What this step changes, in the paper's words."""
+    reference: Optional[str] = None
+    """A design's network: the network it is compared with (a step builds on PARENTS[name])."""
+
+
+class Design(Choice):
+    path = "path"  # the paper's cumulative path: every step (as +step=all)
+    leave_one_out = "leave_one_out"  # ConvNeXt with one factor reverted at a time, and ConvNeXt
+    add_one = "add_one"  # the modern-recipe ResNet with one factor applied at a time, and that ResNet
+    random = "random"  # networks with every factor drawn independently
+
+
+@dataclass
+class DesignConfig:
+    """A design of networks beyond the path, built from the factor table (roadmap/factors.py)."""
+
+    name: Design = Design.path
+    """path, leave_one_out, add_one or random."""
+    samples: int = 48
+    """random: how many distinct networks."""
+    seed: int = 0
+    """random: the draw's seed (the networks are reproducible from it)."""
+    factors: Optional[List[str]] = None
+    """The factors the design varies (None: all); the others stay at ConvNeXt's level."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "design", {"samples": POSITIVE_INT, "seed": NON_NEGATIVE_INT})
+        if self.factors is not None:
+            check_names(list(self.factors))
 
 
 @dataclass
@@ -172,6 +201,8 @@ class RunConfig:
     """How the run uses the machine."""
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     """Where epochs are logged besides the run directory."""
+    design: Optional[DesignConfig] = None
+    """The sweep's design (+design=<name>), recorded with each of its runs."""
     seed: int = 0
     """Seeds the network's init, the data order, every augmentation draw and stochastic depth."""
     study: str = "${data.name}_${regime.name}"

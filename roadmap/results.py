@@ -20,10 +20,11 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from roadmap import paper, rundir
+from roadmap import factors, paper, rundir, stats
 from roadmap.errors import ResultsError
 from roadmap.rundir import RunSummary
 from roadmap.config import PARENTS, SIDE_BRANCHES, step_order
@@ -70,7 +71,8 @@ def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
 
 
 def _flat_config(run: Path) -> Dict[str, Any]:
-    """The run's config.yaml flattened into `cfg.*` keys; {} when it is missing or unreadable."""
+    """The run's config.yaml flattened into `cfg.*` keys, and the level of every factor of
+    the roadmap (`factor.<name>`, roadmap/factors.py); {} when it is missing or unreadable."""
     path = run / rundir.CONFIG
     try:
         container = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
@@ -79,7 +81,12 @@ def _flat_config(run: Path) -> Dict[str, Any]:
     if not isinstance(container, dict):
         return {}
     flat = pd.json_normalize(container, sep=".")
-    return {f"cfg.{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in flat.iloc[0].to_dict().items()}
+    out = {f"cfg.{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in flat.iloc[0].to_dict().items()}
+    try:
+        out.update({f"factor.{k}": v for k, v in factors.levels_of(container).items()})
+    except (KeyError, TypeError):  # a config from before the factor table's fields
+        pass
+    return out
 
 
 def layout(run: Path, step: Optional[str]) -> Tuple[str, Dict[str, Any]]:
@@ -128,8 +135,20 @@ def load(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
     for column in NUMERIC_COLUMNS:  # None (a run without the figure) reads as NaN
         df[column] = pd.to_numeric(df[column], errors="coerce")
     extra = [k for k in keys if k not in RUN_COLUMNS]
-    df = df[[*RUN_COLUMNS[:2], *extra, *RUN_COLUMNS[2:], *[c for c in df.columns if c.startswith("cfg.")]]]
+    df = df[[*RUN_COLUMNS[:2], *extra, *RUN_COLUMNS[2:], *[c for c in df.columns if c.startswith(("factor.", "cfg."))]]]
     return df.sort_values(["study", *keys, "order", "seed"], kind="stable").reset_index(drop=True)
+
+
+# A completed run whose test accuracy stays under this multiple of chance learned nothing:
+# it is marked `collapsed` and, like a diverged run, never averaged in.
+CHANCE_MULTIPLE = 1.5
+
+
+def collapsed(top1: Optional[float], num_classes: Optional[int]) -> bool:
+    """Whether a final top-1 (%) is at chance level for `num_classes` classes."""
+    if top1 is None or not num_classes:
+        return False
+    return top1 < CHANCE_MULTIPLE * 100.0 / float(num_classes)
 
 
 def _run_row(run: Path) -> Dict[str, Any]:
@@ -145,8 +164,21 @@ def _run_row(run: Path) -> Dict[str, Any]:
         if row[name] is None:
             row[name] = cfg.get(f"cfg.{key}")
     study, swept = layout(run, row["step"])
-    return {**row, "status": status, "study": study, "order": step_order(row["step"]), "run_dir": str(run),
-            "swept": swept, **cfg}
+    if status == "completed" and collapsed(row["top1"], cfg.get("cfg.data.num_classes")):
+        status = "collapsed"
+    order = step_order(row["step"]) + design_order(row["step"], cfg.get("cfg.step.reference"))
+    return {**row, "status": status, "study": study, "order": order, "run_dir": str(run), "swept": swept, **cfg}
+
+
+def design_order(step: Optional[str], reference: Optional[str]) -> float:
+    """Where a design's network sorts after the paper's steps: its reference first, then one
+    network per factor in roadmap order (convnext-minus-<factor>), then the rest by name."""
+    if step is None or step in PARENTS or step == "resnet":
+        return 0
+    if not isinstance(reference, str):
+        return 0.0
+    suffix = next((i for i, name in enumerate(factors.NAMES) if step.endswith(f"-{name}")), None)
+    return 1 + suffix if suffix is not None else 100
 
 
 def history(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
@@ -166,9 +198,10 @@ def history(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
 
 
 def step_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per study, swept value and step: top-1 mean and std over completed seeds,
-    the change from the step it builds on, and the paper's top-1 and change (r50's column
-    for the micro regime, which follows r50's path)."""
+    """One row per study, swept value and step: top-1 mean and std over the seeds that
+    completed (collapsed and diverged runs are counted apart, never averaged), the change
+    from the step it builds on as a paired difference per seed with its 95% t-interval
+    (roadmap.stats), and the paper's top-1 and change (r50's column for micro)."""
     keys = ["study", *swept_keys(runs)]
     out: List[dict] = []
     for values, group in runs.groupby(keys, sort=False, dropna=False):
@@ -176,24 +209,45 @@ def step_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def builds_on(group: pd.DataFrame) -> Dict[str, str]:
+    """step -> what its change is measured against: the step it builds on (PARENTS), or a
+    design network's reference (convnext for convnext-minus-<factor>)."""
+    out = dict(PARENTS)
+    if "cfg.step.reference" in group.columns:
+        out.update({s: r for s, r in zip(group["step"], group["cfg.step.reference"]) if isinstance(r, str)})
+    return out
+
+
+def seed_deltas(group: pd.DataFrame) -> Dict[str, Dict[int, float]]:
+    """step -> seed -> its top-1 minus the top-1 of what it builds on (builds_on), same
+    seed, for every seed both completed (one study and swept value)."""
+    done = group[group["status"] == "completed"]
+    top1 = {(s, int(k)): v for s, k, v in zip(done["step"], done["seed"], done["top1"])}
+    parents = builds_on(group)
+    out: Dict[str, Dict[int, float]] = {}
+    for (step, seed), value in top1.items():
+        parent = parents.get(step)
+        if (parent, seed) in top1:
+            out.setdefault(step, {})[seed] = value - top1[(parent, seed)]
+    return out
+
+
 def _step_rows(group: pd.DataFrame, values: Dict[str, Any]) -> List[dict]:
-    out, means = [], {}
-    for step, g in sorted(group.groupby("step"), key=lambda kv: kv[1]["order"].iloc[0]):
+    out, pairs, parents = [], seed_deltas(group), builds_on(group)
+    for step, g in sorted(group.groupby("step"), key=lambda kv: (kv[1]["order"].iloc[0], kv[0])):
         done = g[g["status"] == "completed"]
         regime = g["regime"].iloc[0]
         ref_regime = paper.reference_regime(regime)
-        ref, parent = paper.row(ref_regime, step), PARENTS.get(step)
+        ref, parent = paper.row(ref_regime, step), parents.get(step)
         parent_ref = paper.row(ref_regime, parent) if parent else None
-        mean = done["top1"].mean() if len(done) else float("nan")
-        means[step] = mean
         out.append({
             **values, "step": step, "order": g["order"].iloc[0], "change": g["change"].iloc[0],
             "side_branch": step in SIDE_BRANCHES, "builds_on": parent, "regime": regime,
             "params_m": g["params"].iloc[0] / 1e6 if g["params"].notna().any() else float("nan"),
-            "gmacs": g["gmacs"].iloc[0], "top1_mean": mean,
+            "gmacs": g["gmacs"].iloc[0], "top1_mean": done["top1"].mean() if len(done) else float("nan"),
             "top1_std": done["top1"].std(ddof=1) if len(done) > 1 else (0.0 if len(done) == 1 else float("nan")),
             "seeds": len(done), "runs": len(g),
-            "delta": mean - means[parent] if parent in means else float("nan"),
+            **stats.interval_columns(stats.t_interval(list(pairs.get(step, {}).values()))),
             "images_per_s": done["images_per_s"].mean() if len(done) else float("nan"),
             "paper_top1": ref.top1 if ref else float("nan"),
             "paper_top1_std": ref.top1_std if ref and ref.top1_std is not None else float("nan"),
@@ -202,6 +256,15 @@ def _step_rows(group: pd.DataFrame, values: Dict[str, Any]) -> List[dict]:
             "statuses": ", ".join(f"{k}: {v}" for k, v in g["status"].value_counts().items()),
         })
     return out
+
+
+def transfer(runs: pd.DataFrame) -> Optional[stats.Transfer]:
+    """How the per-step changes of one study (and swept value) agree with the paper's:
+    signs and rank correlations, over the main path's steps and the side branches."""
+    regime = paper.reference_regime(runs["regime"].dropna().iloc[0]) if runs["regime"].notna().any() else "r50"
+    theirs = {s: paper.row(regime, s).top1 - paper.row(regime, p).top1
+              for s, p in PARENTS.items() if paper.row(regime, s) and paper.row(regime, p)}
+    return stats.transfer(seed_deltas(runs), theirs)
 
 
 def variants(table: pd.DataFrame) -> List[Tuple[Dict[str, Any], pd.DataFrame]]:
@@ -218,37 +281,81 @@ def variant_name(values: Dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """The step table as Markdown, ours beside the paper's; one table per swept value."""
+def markdown_table(table: pd.DataFrame, runs: Optional[pd.DataFrame] = None) -> str:
+    """The step table as Markdown, ours beside the paper's, one table per swept value; with
+    the runs, a footer: how Δ is measured, runs not averaged, and the transfer statistics."""
     if table.empty:
         return "(no runs)"
     blocks = []
     for values, rows in variants(table):
         head = [f"**{variant_name(values)}**", ""] if values else []
-        blocks.append("\n".join(head + _markdown_rows(rows)))
+        block = runs if runs is None else matching(runs, values)
+        blocks.append(
+            "\n".join(head + _markdown_rows(rows) + ([""] + _footer(rows, block) if block is not None else []))
+        )
     return "\n\n".join(blocks)
+
+
+def matching(runs: pd.DataFrame, values: Dict[str, Any]) -> pd.DataFrame:
+    """The runs of one block of the step table: those with these swept values."""
+    for k, v in values.items():
+        runs = runs[(runs[k] == v) | (runs[k].isna() & pd.isna(v))]
+    return runs
 
 
 def _markdown_rows(table: pd.DataFrame) -> List[str]:
     ref = paper.reference_regime(table["regime"].iloc[0])
     f = lambda v, spec: "" if pd.isna(v) else format(v, spec)  # noqa: E731
     lines = [
-        "| step | what changes | params (M) | GMACs | top-1 (%) | ± std | seeds | Δ top-1 | img/s "
+        "| step | what changes | params (M) | GMACs | top-1 (%) | ± std | seeds | Δ top-1 | 95% interval | img/s "
         f"| paper top-1 ({ref}) | paper Δ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in table.sort_values("order").iterrows():
+        interval = "" if pd.isna(r["delta_lo"]) else f"[{r['delta_lo']:+.2f}, {r['delta_hi']:+.2f}]"
+        mark = " *" if r["delta_excludes_zero"] else ""
         lines.append(
             f"| {r['step']} | {r['change']} | {f(r['params_m'], '.2f')} | {f(r['gmacs'], '.4g')} "
             f"| {f(r['top1_mean'], '.2f')} | {f(r['top1_std'], '.2f')} | {r['seeds']}/{r['runs']} "
-            f"| {f(r['delta'], '+.2f')} | {f(r['images_per_s'], '.0f')} "
+            f"| {f(r['delta'], '+.2f')}{mark} | {interval} | {f(r['images_per_s'], '.0f')} "
             f"| {f(r['paper_top1'], '.2f')} | {f(r['paper_delta'], '+.2f')} |"
         )
     return lines
 
 
-TABLE_COLUMNS = ["step", "change", "builds_on", "params_m", "gmacs", "top1_mean", "top1_std", "seeds", "runs", "delta",
-                 "images_per_s", "paper_top1", "paper_delta", "statuses"]
+def _footer(table: pd.DataFrame, runs: pd.DataFrame) -> List[str]:
+    lines = ["Δ top-1: the change from the step each builds on, a paired difference per seed (same seed for both), "
+             "mean and 95% Student-t interval (n - 1 degrees of freedom); * where the interval excludes zero."]
+    left = runs[runs["status"] != "completed"]
+    if len(left):
+        names = ", ".join(f"{s} seed{k} ({st})" for s, k, st in zip(left["step"], left["seed"], left["status"]))
+        lines.append(f"Not averaged: {names}.")
+    t = transfer(runs) if runs["seed"].notna().any() else None
+    if t is not None:
+        lines.append(t.summary(paper.reference_regime(table["regime"].iloc[0])) + ".")
+    return lines
+
+
+TABLE_COLUMNS = [
+    "step",
+    "change",
+    "builds_on",
+    "params_m",
+    "gmacs",
+    "top1_mean",
+    "top1_std",
+    "seeds",
+    "runs",
+    "delta",
+    "delta_lo",
+    "delta_hi",
+    "delta_pairs",
+    "delta_excludes_zero",
+    "images_per_s",
+    "paper_top1",
+    "paper_delta",
+    "statuses",
+]
 
 
 def save_tables(
@@ -263,7 +370,7 @@ def save_tables(
     with rundir.exclusive(Path(study) / TABLES_LOCK):
         runs = load(study)
         table = step_table(runs)
-        text = markdown_table(table)
+        text = markdown_table(table, runs)
         keys = [k for k in swept_keys(runs) if k not in TABLE_COLUMNS]
         files = {
             folder / "table.md": text + "\n",
@@ -279,3 +386,32 @@ def save_tables(
 
 
 TABLES_LOCK = ".tables.lock"
+
+
+def design_of(runs: pd.DataFrame) -> str:
+    """The design a study's runs come from: path, leave_one_out, add_one or random."""
+    column = runs.get("cfg.design.name")
+    names = set(column.dropna()) if column is not None else set()
+    return names.pop() if len(names) == 1 else "path"
+
+
+def factor_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run that completed: its top-1, MACs and the level of every factor (0/1)."""
+    done = runs[runs["status"] == "completed"]
+    columns = [f"factor.{name}" for name in factors.NAMES if f"factor.{name}" in runs.columns]
+    out = done[["step", "seed", "top1", "gmacs", *columns]].copy()
+    out[columns] = out[columns].astype(float)
+    return out.rename(columns={c: c.removeprefix("factor.") for c in columns})
+
+
+def main_effects(runs: pd.DataFrame, with_macs: bool = False) -> pd.DataFrame:
+    """Top-1 regressed on the factor indicators (and log MACs, `with_macs`): one row per
+    term with its effect in points and 95% interval (roadmap.stats.main_effects)."""
+    table = factor_table(runs)
+    names = [n for n in factors.NAMES if n in table.columns]
+    x = table[names].to_numpy()
+    if with_macs:
+        x = np.column_stack([x, np.log(table["gmacs"].to_numpy(dtype=float))])
+        names = [*names, "log_gmacs"]
+    effects = stats.main_effects(x, table["top1"].to_numpy(dtype=float), names)
+    return pd.DataFrame([dataclasses.asdict(e) for e in effects])

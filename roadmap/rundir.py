@@ -33,7 +33,16 @@ FINISHED = ("completed", "diverged")
 STATUSES = ("running", "completed", "diverged", "failed")
 
 # Keys that do not change what a run computes: a run may resume with other values.
-NEUTRAL_KEYS = ("study", "logger", "train.progress", "train.threads", "data.root", "data.download", "data.workers")
+NEUTRAL_KEYS = (
+    "study",
+    "design",
+    "logger",
+    "train.progress",
+    "train.threads",
+    "data.root",
+    "data.download",
+    "data.workers",
+)
 
 
 # ----------------------------------------------------------------------------- the records

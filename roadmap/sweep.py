@@ -29,7 +29,7 @@ import importlib.util
 import itertools
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -37,9 +37,19 @@ import torch
 from hydra.core.override_parser.types import Glob, Override
 from omegaconf import DictConfig, OmegaConf
 
-from roadmap import results, rundir
+from roadmap import designs, results, rundir
 from roadmap.cli import CommandLine, check, launch, line, one_line_errors, read, step_names
-from roadmap.config import CONF_DIR, GROUPS, ConfigError, compose, hydra_config, options
+from roadmap.config import (
+    CONF_DIR,
+    GROUPS,
+    STEPS,
+    ConfigError,
+    Design,
+    compose_overrides,
+    hydra_config,
+    options,
+    validate,
+)
 from roadmap.data import IN_MEMORY_LOADERS
 from roadmap.machine import Device, from_main_process, is_main_process, setup_distributed, shutdown_distributed
 from roadmap.recipe import RecipeConfig
@@ -78,6 +88,8 @@ class Plan:
     """(variant, step) -> its composed config, for the first seed."""
     jobs: int = 1
     """Runs that train side by side (Hydra's joblib launcher), each on its train.threads cores."""
+    skipped: List["designs.Skipped"] = field(default_factory=list)
+    """A design's combinations without meaning, with their reasons (not trained)."""
 
     def variants(self) -> List[str]:
         """Each combination of the axes' values as its directory, the way Hydra's
@@ -129,31 +141,53 @@ def quote(value: str) -> str:
 
 def plan(cmd: CommandLine) -> Plan:
     """Check the command line and compose every run's config before anything trains."""
-    steps = cmd.steps()
-    if not steps:
-        raise ConfigError("no steps given: add +step=all, or a list such as +step=stage_ratio,patchify_stem")
+    steps, search, skipped = networks(cmd)
     axes = {o.get_key_element(): axis_values(o) for o in cmd.sweeps("step", "seed")}
     p = Plan(
         steps=list(dict.fromkeys(steps)), seeds=seed_values(cmd.get("seed")), axes=axes,
         sweeps=[line(o) for o in cmd.sweeps("step", "seed")],
         fixed=[line(o) for o in cmd.app if not o.is_sweep_override() and o.key_or_group not in ("step", "seed")],
-        hydra=[h for h in cmd.hydra if not h.startswith("hydra.sweep.dir=")], sweep_dir=Path(), configs={},
+        hydra=[h for h in cmd.hydra if not h.startswith("hydra.sweep.dir=")] + search, sweep_dir=Path(), configs={},
+        skipped=skipped,
     )
     check_launcher(cmd)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for variant in p.variants():
         for step in p.steps:
             seed = [f"seed={p.seeds[0]}"] if p.seeds else []
-            cfg = compose(step, *p.fixed, *filter(None, variant.split("/")), *seed)
+            cfg = compose_overrides(f"+step={step}", *p.fixed, *filter(None, variant.split("/")), *seed, *search)
             recipe: RecipeConfig = OmegaConf.to_object(cfg.recipe)  # type: ignore[assignment]
             recipe.split(world)  # under torchrun: the batch splits over the ranks
             p.configs[(variant, step)] = cfg
     if not p.seeds:
         p.seeds = [int(next(iter(p.configs.values())).seed)]
     first = filter(None, p.variants()[0].split("/"))
-    p.sweep_dir = Path(hydra_config(p.steps[0], [*p.fixed, *first, *cmd.hydra]).sweep.dir)
+    p.sweep_dir = Path(hydra_config(p.steps[0], [*p.fixed, *first, *cmd.hydra, *search]).sweep.dir)
     p.jobs = side_by_side(cmd, p)
     return p
+
+
+def networks(cmd: CommandLine) -> Tuple[List[str], List[str], List[designs.Skipped]]:
+    """The networks a sweep trains: +step= names them, or +design= builds them (its step files
+    written into the study, put on Hydra's search path); (steps, hydra overrides, skipped)."""
+    if cmd.get("design") is None:
+        steps = cmd.steps()
+        if not steps:
+            raise ConfigError("no steps given: add +step=all, a list such as +step=stage_ratio,patchify_stem, "
+                              "or a design such as +design=leave_one_out")
+        return steps, [], []
+    if cmd.get("step") is not None:
+        raise ConfigError("+design= chooses the networks and +step= names them: give one of the two")
+    if cmd.get("design").is_sweep_override():
+        raise ConfigError(f"{line(cmd.get('design'))} sweeps designs: run one design per sweep")
+    single = [line(o) for o in cmd.app if not o.is_sweep_override()]
+    design = validate(compose_overrides("+step=resnet", *single)).design
+    if design.name is Design.path:
+        return list(STEPS), [], []
+    nets, skipped = designs.expand(design)
+    study = Path(hydra_config("resnet", [*single, *cmd.hydra]).sweep.dir)
+    folder = designs.write_steps(nets, study / "designs").resolve()
+    return [n.name for n in nets], [f"hydra.searchpath=[{quote('file://' + str(folder))}]"], skipped
 
 
 def side_by_side(cmd: CommandLine, p: Plan) -> int:
@@ -283,7 +317,7 @@ def unfinished(p: Plan, runs) -> List[str]:
             out.append(f"{name}: refused (its run directory holds another config)")
             continue
         state = status.get(run_dir.resolve(), "not run")
-        if state != "completed":
+        if state not in ("completed", "collapsed"):  # a collapsed run finished; the table says it is not averaged
             out.append(f"{name}: {state}")
     return out
 
@@ -345,8 +379,13 @@ def sweep(argv: List[str]) -> None:
     say = is_main_process()
     if say:
         at_once = f", {p.jobs} at a time" if p.jobs > 1 else ""
-        print(f"sweep: {len(p.runs())} runs ({len(p.steps)} steps x {len(p.variants())} values x {len(p.seeds)} seeds"
-              f"{at_once}) -> {p.sweep_dir}", flush=True)
+        print(
+            f"sweep: {len(p.runs())} runs ({len(p.steps)} networks x {len(p.variants())} values x {len(p.seeds)} seeds"
+            f"{at_once}) -> {p.sweep_dir}",
+            flush=True,
+        )
+        for skip in p.skipped:
+            print(f"  not trained: {skip.name}: {skip.reason}", flush=True)
     interrupted = False
     try:
         launch(lambda cfg, run_dir: run_job(cfg, run_dir, p.sweep_dir), p.hydra_argv(), "sweep")

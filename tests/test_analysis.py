@@ -105,4 +105,4 @@ def test_the_notebook_runs_against_a_study(study, tmp_path):
         if c.cell_type == "code"
         for o in c.outputs
     )
-    assert "10 runs" in text and "steps change top-1 in the same direction as in the paper" in str(nb.cells[7].outputs)
+    assert "10 runs" in text and "change top-1 in the paper's direction" in str(nb.cells[7].outputs)

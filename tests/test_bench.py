@@ -44,8 +44,18 @@ def test_a_cheap_run_prints_and_writes_the_table_with_every_target(tmp_path):
     assert table["ratio_train"].notna().sum() == 3 and table["network"].str.contains("same network: yes").sum() == 3
     text = (tmp_path / "bench_cpu.md").read_text()
     for line in ("dense matmul", "ours / torchvision resnet (micro)", "ours / timm separate_downsampling (micro)",
-                 "data pipeline", "compose + count params and MACs of all 34 steps"):
+                 "data pipeline", "compose + count params and MACs of all 34 steps",
+                 "Default study (2 runs of 3 epochs", "| separate_downsampling |"):
         assert line in text and line in out.stdout
+
+
+def test_the_study_projection_schedules_runs_on_the_first_free_core():
+    from roadmap.wall_time import StepRates, makespan
+
+    assert makespan([3, 1, 2, 2], 2) == 5  # 3 | 1+2+2
+    assert makespan([3, 1, 2, 2], 1) == 8
+    run = StepRates("resnet", train_img_s=6000, test_img_s=10000)
+    assert run.run_seconds(3) == 3 * (10 + 1)
 
 
 def test_peak_memory_counts_what_a_training_step_allocates():

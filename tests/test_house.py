@@ -14,13 +14,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # The stages of the data flow, bottom up: a module imports only from stages below its own.
 LAYERS = [
-    {"errors", "paper"},
-    {"model", "randaugment", "machine", "rundir", "weights"},
+    {"errors", "paper", "stats"},
+    {"model", "randaugment", "machine", "rundir", "weights", "factors"},
     {"recipe", "complexity"},
     {"augment"},
     {"data"},
     {"config"},
-    {"steps", "engine", "loggers", "cli", "results"},
+    {"steps", "engine", "loggers", "cli", "results", "wall_time", "designs"},
     {"train", "inspect"},
     {"sweep", "bench"},
 ]

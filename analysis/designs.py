@@ -1,0 +1,212 @@
+"""Figures of the designs beyond the path (roadmap/designs.py), and the four answers side by side.
+
+    python -m analysis.plots <study>          # a design study's own figures (this module draws them)
+    python -m analysis.designs PATH LOO ADD RANDOM [OUT]   # the summary figure of four studies
+
+leave_one_out, add_one   one bar per factor: the change in top-1 against the reference
+                         network (ConvNeXt; the modern-recipe ResNet), a paired difference
+                         per seed with its 95% interval (the paper's Figure 2 style);
+random                   the EDF of top-1 error per factor level (pycls's error
+                         distribution functions), top-1 against MACs coloured by level,
+                         and each factor's main effect from a least-squares fit;
+summary                  per factor: its change on the path, what leaving it out of
+                         ConvNeXt costs, what adding it to the ResNet gains, its main effect.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from roadmap import factors, results  # noqa: E402
+
+LEVEL_COLOURS = {0.0: "#1f77b4", 1.0: "#d62728"}  # ResNet level, ConvNeXt level
+
+
+def save(fig, out: Path, name: str) -> List[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})
+    plt.close(fig)
+    return paths
+
+
+def factor_of(network: str) -> str:
+    """The factor a leave-one-out or add-one network varies (its name's suffix)."""
+    return next((f for f in factors.NAMES if network.endswith(f"-{f}")), network)
+
+
+def bars(table: pd.DataFrame, out: Path, design: str) -> List[Path]:
+    """One bar per factor: the change against the reference network, with its interval."""
+    t = table[table["builds_on"].notna()].sort_values("order")
+    reference = table[table["builds_on"].isna()]
+    sign = -1 if design == "leave_one_out" else 1  # leave-one-out: what the factor is worth to ConvNeXt
+    mean, lo, hi = sign * t["delta"], sign * t["delta_hi"], sign * t["delta_lo"]
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(t) + 1.6))
+    y = np.arange(len(t))[::-1]
+    colours = ["#2ca02c" if v > 0 else "#d62728" for v in mean.fillna(0)]
+    err = [(mean - lo).fillna(0).clip(lower=0), (hi - mean).fillna(0).clip(lower=0)]
+    ax.barh(y, mean, color=colours, alpha=0.85, xerr=err, error_kw={"capsize": 2, "lw": 0.8})
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{factor_of(s)}{' *' if z else ''}" for s, z in zip(t["step"], t["delta_excludes_zero"])],
+                       fontsize=8.5)
+    ax.axvline(0, color="black", lw=0.8)
+    what = ("top-1 lost when the factor is left out of ConvNeXt" if design == "leave_one_out"
+            else "top-1 gained when the factor is added to the modern-recipe ResNet")
+    ref = reference.iloc[0] if len(reference) else None
+    ax.set_xlabel(f"{what} (points; 95% interval over paired seeds, * excludes zero)")
+    ax.set_title(
+        f"{design}: {t['study'].iloc[0]}"
+        + (f" (reference {ref['step']}: {ref['top1_mean']:.2f}%)" if ref is not None else ""),
+        fontsize=10,
+    )
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save(fig, out, design)
+
+
+def edfs(frame: pd.DataFrame, out: Path) -> List[Path]:
+    """Per factor, the empirical distribution of top-1 error at each level."""
+    names = [n for n in factors.NAMES if n in frame.columns and frame[n].nunique() > 1]
+    cols = 4
+    fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(13, 2.6 * -(-len(names) // cols)), squeeze=False)
+    error = 100 - frame["top1"]
+    for ax, name in zip(axes.flat, names):
+        for level, label in ((0.0, "ResNet level"), (1.0, "ConvNeXt level")):
+            e = np.sort(error[frame[name] == level].to_numpy())
+            if len(e):
+                ax.step(e, np.arange(1, len(e) + 1) / len(e), where="post", color=LEVEL_COLOURS[level],
+                        label=f"{label} (n={len(e)})")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="lower right")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.supxlabel("top-1 error (%)")
+    fig.supylabel("fraction of networks with lower error")
+    fig.suptitle("Error distribution functions per factor level (random design)", fontsize=11)
+    fig.tight_layout()
+    return save(fig, out, "edf")
+
+
+def macs_scatter(frame: pd.DataFrame, out: Path) -> List[Path]:
+    """Per factor, top-1 against MACs, each network coloured by the factor's level."""
+    names = [n for n in factors.NAMES if n in frame.columns and frame[n].nunique() > 1]
+    cols = 4
+    fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(13, 2.6 * -(-len(names) // cols)), squeeze=False,
+                             sharex=True, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        ax.scatter(frame["gmacs"] * 1e3, frame["top1"], s=12, c=[LEVEL_COLOURS[v] for v in frame[name]], alpha=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.supxlabel("multiply-accumulates per image (MMACs)")
+    fig.supylabel("top-1 (%)")
+    fig.suptitle("Accuracy against compute, blue: ResNet level, red: ConvNeXt level (random design)", fontsize=11)
+    fig.tight_layout()
+    return save(fig, out, "macs")
+
+
+def effects(runs: pd.DataFrame, out: Path) -> List[Path]:
+    """Each factor's main effect, with and without log MACs as a covariate."""
+    plain, adjusted = results.main_effects(runs), results.main_effects(runs, with_macs=True)
+    adjusted = adjusted[adjusted["name"] != "log_gmacs"].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(plain) + 1.6))
+    y = np.arange(len(plain))[::-1]
+    for offset, table, label, colour in ((0.18, plain, "main effect", "#1f77b4"),
+                                         (-0.18, adjusted, "adjusted for log MACs", "#ff7f0e")):
+        err = [(table["effect"] - table["lo"]).fillna(0), (table["hi"] - table["effect"]).fillna(0)]
+        ax.errorbar(table["effect"], y + offset, xerr=err, fmt="o", color=colour, capsize=2, ms=4, label=label)
+    ax.set_yticks(y)
+    ax.set_yticklabels(plain["name"], fontsize=8.5)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("effect on top-1 of the ConvNeXt level (points; 95% interval, least squares)")
+    ax.set_title(f"Main effects in {len(results.factor_table(runs))} random networks", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save(fig, out, "effects")
+
+
+def design_figures(runs: pd.DataFrame, table: pd.DataFrame, out: Path, design: str) -> List[Path]:
+    if design in ("leave_one_out", "add_one"):
+        return bars(table, out, design)
+    frame = results.factor_table(runs)
+    return edfs(frame, out) + macs_scatter(frame, out) + effects(runs, out)
+
+
+# ----------------------------------------------------------------------------- the four answers side by side
+
+
+def answers(path: pd.DataFrame, loo: pd.DataFrame, add: pd.DataFrame, rand: pd.DataFrame) -> pd.DataFrame:
+    """Per factor: (mean, lo, hi) of its change on the path, its leave-one-out cost, its
+    add-one gain and its main effect; one row per factor and answer."""
+    rows: List[Dict] = []
+
+    def take(answer: str, table: pd.DataFrame, network: Dict[str, str], sign: int = 1) -> None:
+        for factor, step in network.items():
+            r = table[table["step"] == step]
+            if len(r) and pd.notna(r["delta"].iloc[0]):
+                lo, hi = sorted((sign * r["delta_lo"].iloc[0], sign * r["delta_hi"].iloc[0]))
+                rows.append({"factor": factor, "answer": answer, "mean": sign * r["delta"].iloc[0], "lo": lo, "hi": hi})
+
+    take("change on the path", results.step_table(path), {f: f for f in factors.NAMES})
+    take("cost of leaving it out", results.step_table(loo), {f: f"convnext-minus-{f}" for f in factors.NAMES}, -1)
+    take("gain of adding it alone", results.step_table(add), {f: f"modern_resnet-plus-{f}" for f in factors.NAMES})
+    for e in results.main_effects(rand).itertuples():
+        rows.append({"factor": e.name, "answer": "main effect (random)", "mean": e.effect, "lo": e.lo, "hi": e.hi})
+    return pd.DataFrame(rows)
+
+
+def summary_figure(table: pd.DataFrame, out: Path) -> List[Path]:
+    names = [f for f in factors.NAMES if f in set(table["factor"])]
+    kinds = list(dict.fromkeys(table["answer"]))
+    colours = ["#7f7f7f", "#d62728", "#2ca02c", "#1f77b4"]
+    fig, ax = plt.subplots(figsize=(9, 0.7 * len(names) + 1.6))
+    y = np.arange(len(names))[::-1]
+    h = 0.8 / len(kinds)
+    for i, (kind, colour) in enumerate(zip(kinds, colours)):
+        t = table[table["answer"] == kind].set_index("factor").reindex(names)
+        err = [(t["mean"] - t["lo"]).fillna(0).clip(lower=0), (t["hi"] - t["mean"]).fillna(0).clip(lower=0)]
+        ax.barh(y + 0.4 - h * (i + 0.5), t["mean"], height=h, color=colour, xerr=err, label=kind,
+                error_kw={"capsize": 1.5, "lw": 0.6})
+    ax.set_yticks(y)
+    ax.set_yticklabels(names, fontsize=8.5)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("top-1 points (95% intervals)")
+    ax.set_title("Does each decision help? Four answers per factor", fontsize=11)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save(fig, out, "factors_summary")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) not in (4, 5):
+        print("error: give four studies (path, leave_one_out, add_one, random) and optionally a folder for the figure",
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        studies = [results.load(a) for a in argv[:4]]
+    except results.ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    table = answers(*studies)
+    out = Path(argv[4]) if len(argv) == 5 else Path("experiments") / "figures"
+    written = summary_figure(table, out)
+    table.to_csv(out / "factors_summary.csv", index=False)
+    print(", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,122 @@
+"""The default study's wall time, projected from measured rates: one run at a time on
+every core (the old setting) against one run per core side by side, one thread each (what
+a sweep of small networks does now). `make bench` prints both.
+
+A run of the default study is `epochs` passes of the training set (its train steps: batch
+256, the step's recipe, channels-last) and a test of the test set after each. Its rates
+are measured as the study trains: alone with every thread, and with one thread while the
+other cores train the same step, all started together. The side-by-side projection
+schedules the runs in the sweep's order onto the first free core.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from roadmap.config import compose, validate
+from roadmap.model import ConvNet
+from roadmap.recipe import build_optimizer
+
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # Fashion-MNIST
+
+
+@dataclass
+class StepRates:
+    """One step of the default study: training and test images per second."""
+
+    step: str
+    train_img_s: float
+    test_img_s: float
+
+    def run_seconds(self, epochs: int) -> float:
+        """One run: `epochs` passes over the training set, each followed by a test."""
+        return epochs * (TRAIN_IMAGES / self.train_img_s + TEST_IMAGES / self.test_img_s)
+
+
+def study_steps(step: str) -> Tuple[Callable[[], None], Callable[[], None], int]:
+    """A train step and a test step of `step` as the default study runs it, and its epochs."""
+    run = validate(compose(step))
+    torch.manual_seed(0)
+    model = ConvNet(run.model).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, run.recipe)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(run.recipe.batch_size, 1, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (run.recipe.batch_size,), generator=g)
+    x_test = torch.randn(1024, 1, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+
+    def train() -> None:
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def test() -> None:
+        model.eval()
+        model(x_test)
+        model.train()
+
+    return train, test, run.recipe.epochs
+
+
+def measure(step: str, seconds: float, start: Callable[[], None] = lambda: None) -> StepRates:
+    """The step's rates in this process, timed for about `seconds` each after `start()`."""
+    train, test, _ = study_steps(step)
+    train(), test()  # warm up
+    start()
+    rates = []
+    for fn, images in ((train, 256), (test, 1024)):
+        n, t0 = 0, time.perf_counter()
+        while n == 0 or time.perf_counter() - t0 < seconds:
+            fn()
+            n += 1
+        rates.append(n * images / (time.perf_counter() - t0))
+    return StepRates(step, *rates)
+
+
+def _side_by_side_worker(steps: Sequence[str], seconds: float, barrier, queue) -> None:
+    torch.set_num_threads(1)
+    queue.put([measure(step, seconds, barrier.wait) for step in steps])
+
+
+def measure_side_by_side(steps: Sequence[str], processes: int, seconds: float) -> List[StepRates]:
+    """Each step's rates with one thread per process while `processes` processes train it
+    at once (started together at a barrier), averaged over the processes."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=_side_by_side_worker, args=(list(steps), seconds, barrier, queue))
+               for _ in range(processes)]
+    for w in workers:
+        w.start()
+    results = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    mean = lambda i, rate: sum(getattr(r[i], rate) for r in results) / processes  # noqa: E731
+    return [StepRates(s, mean(i, "train_img_s"), mean(i, "test_img_s")) for i, s in enumerate(steps)]
+
+
+def makespan(durations: Sequence[float], workers: int) -> float:
+    """Wall time of jobs run in order, each on the first free worker (joblib's order)."""
+    free = [0.0] * workers
+    for d in durations:
+        i = free.index(min(free))
+        free[i] += d
+    return max(free)
+
+
+def project(steps: Sequence[str], seconds: float = 1.0) -> Dict:
+    """The default study (these steps, one seed) both ways: rates per step and wall times."""
+    cores = len(os.sched_getaffinity(0))
+    epochs = study_steps(steps[0])[2]
+    torch.set_num_threads(cores)
+    alone = [measure(step, seconds) for step in steps]
+    shared = measure_side_by_side(steps, cores, seconds) if cores > 1 else alone
+    old = sum(r.run_seconds(epochs) for r in alone)
+    new = makespan([r.run_seconds(epochs) for r in shared], cores)
+    return {"cores": cores, "epochs": epochs, "alone": alone, "shared": shared, "old_s": old, "new_s": new}
