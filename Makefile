@@ -29,6 +29,10 @@ run: setup data
 # committed reference studies); nothing is trained.
 plots: setup
 	$(PY) -m analysis.plots
+	@if [ -d experiments/fashion_mnist_micro_random ]; then \
+		$(PY) -m analysis.designs experiments/fashion_mnist_micro experiments/fashion_mnist_micro_leave_one_out \
+			experiments/fashion_mnist_micro_add_one experiments/fashion_mnist_micro_random experiments/figures; \
+	fi
 
 # The speed table (BENCHMARKS.md): every step against the reference implementations
 # and the machine's matmul rate, about 10 minutes on 2 CPU cores. Writes benchmarks/.

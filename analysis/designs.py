@@ -74,13 +74,29 @@ def bars(table: pd.DataFrame, out: Path, design: str) -> List[Path]:
     return save(fig, out, design)
 
 
+def factor_grid(frame: pd.DataFrame, **kw):
+    """One small panel per factor that varies: (figure, [(axes, factor)]), spare panels hidden."""
+    names = [n for n in factors.NAMES if n in frame.columns and frame[n].nunique() > 1]
+    rows, cols = -(-len(names) // 4), 4
+    fig, axes = plt.subplots(rows, cols, figsize=(13, 2.6 * rows), squeeze=False, **kw)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    return fig, list(zip(axes.flat, names))
+
+
+def finish_grid(fig, out: Path, name: str, xlabel: str, ylabel: str, title: str) -> List[Path]:
+    fig.supxlabel(xlabel)
+    fig.supylabel(ylabel)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save(fig, out, name)
+
+
 def edfs(frame: pd.DataFrame, out: Path) -> List[Path]:
     """Per factor, the empirical distribution of top-1 error at each level."""
-    names = [n for n in factors.NAMES if n in frame.columns and frame[n].nunique() > 1]
-    cols = 4
-    fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(13, 2.6 * -(-len(names) // cols)), squeeze=False)
+    fig, panels = factor_grid(frame)
     error = 100 - frame["top1"]
-    for ax, name in zip(axes.flat, names):
+    for ax, name in panels:
         for level, label in ((0.0, "ResNet level"), (1.0, "ConvNeXt level")):
             e = np.sort(error[frame[name] == level].to_numpy())
             if len(e):
@@ -89,32 +105,19 @@ def edfs(frame: pd.DataFrame, out: Path) -> List[Path]:
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5, loc="lower right")
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.supxlabel("top-1 error (%)")
-    fig.supylabel("fraction of networks with lower error")
-    fig.suptitle("Error distribution functions per factor level (random design)", fontsize=11)
-    fig.tight_layout()
-    return save(fig, out, "edf")
+    return finish_grid(fig, out, "edf", "top-1 error (%)", "fraction of networks with lower error",
+                       "Error distribution functions per factor level (random design)")
 
 
 def macs_scatter(frame: pd.DataFrame, out: Path) -> List[Path]:
     """Per factor, top-1 against MACs, each network coloured by the factor's level."""
-    names = [n for n in factors.NAMES if n in frame.columns and frame[n].nunique() > 1]
-    cols = 4
-    fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(13, 2.6 * -(-len(names) // cols)), squeeze=False,
-                             sharex=True, sharey=True)
-    for ax, name in zip(axes.flat, names):
+    fig, panels = factor_grid(frame, sharex=True, sharey=True)
+    for ax, name in panels:
         ax.scatter(frame["gmacs"] * 1e3, frame["top1"], s=12, c=[LEVEL_COLOURS[v] for v in frame[name]], alpha=0.8)
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.supxlabel("multiply-accumulates per image (MMACs)")
-    fig.supylabel("top-1 (%)")
-    fig.suptitle("Accuracy against compute, blue: ResNet level, red: ConvNeXt level (random design)", fontsize=11)
-    fig.tight_layout()
-    return save(fig, out, "macs")
+    return finish_grid(fig, out, "macs", "multiply-accumulates per image (MMACs)", "top-1 (%)",
+                       "Accuracy against compute, blue: ResNet level, red: ConvNeXt level (random design)")
 
 
 def effects(runs: pd.DataFrame, out: Path) -> List[Path]:

@@ -188,6 +188,20 @@ def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path, suffix: str 
     return _save(fig, out, "curves" + suffix)
 
 
+def say_left_out(study: Path, runs) -> None:
+    """Name the runs no figure averages: those that did not complete, those at chance."""
+    def names(rows) -> str:
+        return ", ".join(f"{Path(r).relative_to(study) if Path(r).is_relative_to(study) else r} ({s})"
+                         for r, s in zip(rows["run_dir"], results.outcome(rows)))
+
+    unfinished = runs[runs["status"] != "completed"]
+    if len(unfinished):
+        print(f"{study}: left out {len(unfinished)} of {len(runs)} runs that did not complete: {names(unfinished)}")
+    at_chance = runs[(runs["status"] == "completed") & runs["collapsed"].astype(bool)]
+    if len(at_chance):
+        print(f"{study}: left out {len(at_chance)} of {len(runs)} runs that ended at chance level: {names(at_chance)}")
+
+
 def plot_study(study: Path) -> List[Path]:
     """Every figure and table of a study; runs that did not complete are left out, and named."""
     out = Path(study) / "figures"
@@ -196,11 +210,7 @@ def plot_study(study: Path) -> List[Path]:
         raise results.ResultsError(
             f"no runs under {study}: give a study directory such as experiments/fashion_mnist_micro"
         )
-    left_out = runs[runs["status"] != "completed"]
-    if len(left_out):
-        names = [f"{Path(r).relative_to(study) if Path(r).is_relative_to(study) else r} ({s})"
-                 for r, s in zip(left_out["run_dir"], left_out["status"])]
-        print(f"{study}: left out {len(left_out)} of {len(runs)} runs that did not complete: {', '.join(names)}")
+    say_left_out(study, runs)
     hist = results.history(study)
     design = results.design_of(runs)
     for values, table in results.variants(results.step_table(runs)):

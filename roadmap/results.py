@@ -6,7 +6,9 @@
     R.step_table(runs)                                     # per step: mean and std over seeds, beside the paper
 
 Runs still training show status `running` with the epochs they finished; failed and
-diverged runs keep their status and whatever they measured. A study that sweeps more
+diverged runs keep their status and whatever they measured. A completed run that ended at
+chance level is `collapsed` (a column apart from its status) and, like a run that did not
+complete, is never averaged. A study that sweeps more
 than steps and seeds (runs/<study>/recipe.lr=0.001/<step>/seed0/) gets one column per
 swept key (`recipe.lr`), and the step table one block of rows per value.
 """
@@ -34,7 +36,7 @@ PathLike = Union[str, Path]
 # One column per field of a run's summary (one name per quantity, as in summary.json), with
 # the study, its swept keys, the step's place in the roadmap and the run's directory.
 SUMMARY_COLUMNS = [f.name for f in dataclasses.fields(RunSummary) if f.name != "versions"]
-RUN_COLUMNS = ["study", "swept", "order", *SUMMARY_COLUMNS, "run_dir"]
+RUN_COLUMNS = ["study", "swept", "order", *SUMMARY_COLUMNS, "collapsed", "run_dir"]
 # Where a run's summary is missing, its config says what the run is.
 FROM_CONFIG = {"step": "step.name", "change": "step.change", "regime": "regime.name", "data": "data.name",
                "recipe": "recipe.name", "seed": "seed", "epochs": "recipe.epochs"}
@@ -140,7 +142,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
 
 
 # A completed run whose test accuracy stays under this multiple of chance learned nothing:
-# it is marked `collapsed` and, like a diverged run, never averaged in.
+# it is marked `collapsed` and, like a run that did not complete, never averaged in.
 CHANCE_MULTIPLE = 1.5
 
 
@@ -164,10 +166,20 @@ def _run_row(run: Path) -> Dict[str, Any]:
         if row[name] is None:
             row[name] = cfg.get(f"cfg.{key}")
     study, swept = layout(run, row["step"])
-    if status == "completed" and collapsed(row["top1"], cfg.get("cfg.data.num_classes")):
-        status = "collapsed"
+    at_chance = status == "completed" and collapsed(row["top1"], cfg.get("cfg.data.num_classes"))
     order = step_order(row["step"]) + design_order(row["step"], cfg.get("cfg.step.reference"))
-    return {**row, "status": status, "study": study, "order": order, "run_dir": str(run), "swept": swept, **cfg}
+    return {**row, "status": status, "collapsed": at_chance, "study": study, "order": order, "run_dir": str(run),
+            "swept": swept, **cfg}
+
+
+def averaged(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that count: completed and not collapsed."""
+    return runs[(runs["status"] == "completed") & ~runs["collapsed"].fillna(False).astype(bool)]
+
+
+def outcome(runs: pd.DataFrame) -> pd.Series:
+    """Each run's status, reading `collapsed` for a completed run that ended at chance."""
+    return runs["status"].where(~runs["collapsed"].fillna(False).astype(bool), "collapsed")
 
 
 def design_order(step: Optional[str], reference: Optional[str]) -> float:
@@ -221,7 +233,7 @@ def builds_on(group: pd.DataFrame) -> Dict[str, str]:
 def seed_deltas(group: pd.DataFrame) -> Dict[str, Dict[int, float]]:
     """step -> seed -> its top-1 minus the top-1 of what it builds on (builds_on), same
     seed, for every seed both completed (one study and swept value)."""
-    done = group[group["status"] == "completed"]
+    done = averaged(group)
     top1 = {(s, int(k)): v for s, k, v in zip(done["step"], done["seed"], done["top1"])}
     parents = builds_on(group)
     out: Dict[str, Dict[int, float]] = {}
@@ -235,7 +247,7 @@ def seed_deltas(group: pd.DataFrame) -> Dict[str, Dict[int, float]]:
 def _step_rows(group: pd.DataFrame, values: Dict[str, Any]) -> List[dict]:
     out, pairs, parents = [], seed_deltas(group), builds_on(group)
     for step, g in sorted(group.groupby("step"), key=lambda kv: (kv[1]["order"].iloc[0], kv[0])):
-        done = g[g["status"] == "completed"]
+        done = averaged(g)
         regime = g["regime"].iloc[0]
         ref_regime = paper.reference_regime(regime)
         ref, parent = paper.row(ref_regime, step), parents.get(step)
@@ -253,7 +265,7 @@ def _step_rows(group: pd.DataFrame, values: Dict[str, Any]) -> List[dict]:
             "paper_top1_std": ref.top1_std if ref and ref.top1_std is not None else float("nan"),
             "paper_gflops": ref.gflops if ref else float("nan"),
             "paper_delta": ref.top1 - parent_ref.top1 if (ref and parent_ref) else float("nan"),
-            "statuses": ", ".join(f"{k}: {v}" for k, v in g["status"].value_counts().items()),
+            "statuses": ", ".join(f"{k}: {v}" for k, v in outcome(g).value_counts().items()),
         })
     return out
 
@@ -326,9 +338,9 @@ def _markdown_rows(table: pd.DataFrame) -> List[str]:
 def _footer(table: pd.DataFrame, runs: pd.DataFrame) -> List[str]:
     lines = ["Δ top-1: the change from the step each builds on, a paired difference per seed (same seed for both), "
              "mean and 95% Student-t interval (n - 1 degrees of freedom); * where the interval excludes zero."]
-    left = runs[runs["status"] != "completed"]
+    left = runs.drop(averaged(runs).index)
     if len(left):
-        names = ", ".join(f"{s} seed{k} ({st})" for s, k, st in zip(left["step"], left["seed"], left["status"]))
+        names = ", ".join(f"{s} seed{k} ({st})" for s, k, st in zip(left["step"], left["seed"], outcome(left)))
         lines.append(f"Not averaged: {names}.")
     t = transfer(runs) if runs["seed"].notna().any() else None
     if t is not None:
@@ -397,7 +409,7 @@ def design_of(runs: pd.DataFrame) -> str:
 
 def factor_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run that completed: its top-1, MACs and the level of every factor (0/1)."""
-    done = runs[runs["status"] == "completed"]
+    done = averaged(runs)
     columns = [f"factor.{name}" for name in factors.NAMES if f"factor.{name}" in runs.columns]
     out = done[["step", "seed", "top1", "gmacs", *columns]].copy()
     out[columns] = out[columns].astype(float)

@@ -317,7 +317,7 @@ def unfinished(p: Plan, runs) -> List[str]:
             out.append(f"{name}: refused (its run directory holds another config)")
             continue
         state = status.get(run_dir.resolve(), "not run")
-        if state not in ("completed", "collapsed"):  # a collapsed run finished; the table says it is not averaged
+        if state != "completed":  # a collapsed run completed; the table says it is not averaged
             out.append(f"{name}: {state}")
     return out
 

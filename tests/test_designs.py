@@ -22,7 +22,7 @@ from roadmap.designs import expand
 from roadmap.errors import ConfigError
 from roadmap.steps import complexity
 from roadmap.sweep import plan
-from tests.conftest import one_line_error
+from tests.conftest import one_line_error, set_top1
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_PATH = [s for s in STEPS if s not in SIDE_BRANCHES]
@@ -56,7 +56,7 @@ def test_each_steps_change_is_paired_by_seed_on_the_reference_study():
 
 def test_collapsed_runs_are_marked_and_never_averaged(tmp_path):
     runs = R.load(ROOT / "experiments" / "fashion_mnist_micro")
-    runs.loc[(runs["step"] == "gelu") & (runs["seed"] == 1), "status"] = "collapsed"
+    runs.loc[(runs["step"] == "gelu") & (runs["seed"] == 1), "collapsed"] = True
     row = R.step_table(runs).set_index("step").loc["gelu"]
     assert row["seeds"] == 2 and row["delta_pairs"] == 2 and "collapsed: 1" in row["statuses"]
     assert R.collapsed(10.0, 10) and R.collapsed(14.9, 10) and not R.collapsed(15.0, 10)
@@ -213,3 +213,24 @@ def test_a_random_sweep_draws_its_edfs_and_main_effects(tmp_path):
     assert len(runs) == 6 and len(set(runs["step"])) == 6  # 6 of the 8 networks that three factors make
     for name in ("edf", "macs", "effects"):
         assert (study / "figures" / f"{name}.png").exists()
+
+
+@pytest.mark.slow
+def test_the_four_answers_stand_side_by_side_per_factor(tmp_path):
+    few = "design.factors=[gelu,layer_norm]"
+    studies = []
+    for name, extra in (("leave_one_out", "seed=0,1"), ("add_one", "seed=0,1"), ("random", "design.samples=4")):
+        study = tmp_path / name
+        out = subprocess.run([sys.executable, "-m", "roadmap.sweep", f"+design={name}", few, extra, *SMOKE,
+                              f"hydra.sweep.dir={study}"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        set_top1(study, lambda step, seed: 60.0 + len(step) % 7 + seed)
+        studies.append(str(study))
+    out = subprocess.run([sys.executable, "-m", "analysis.designs", str(ROOT / "experiments" / "fashion_mnist_micro"),
+                          *studies, str(tmp_path / "figures")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "figures" / "factors_summary.csv")
+    gelu = table[table["factor"] == "gelu"].set_index("answer")
+    assert set(gelu.index) == {"change on the path", "cost of leaving it out", "gain of adding it alone",
+                               "main effect (random)"}
+    assert (tmp_path / "figures" / "factors_summary.png").stat().st_size > 5000

@@ -125,7 +125,7 @@ def test_cfg_job_prints_the_composed_config_and_runs_nothing(flags, tmp_path):
 def test_cfg_job_with_a_package_prints_that_package():
     out = app("train", "+step=gelu", "-c", "job", "--package", "step")
     assert out.returncode == 0, out.stderr
-    assert yaml.safe_load(out.stdout) == {"name": "gelu", "change": "ReLU -> GELU"}
+    assert yaml.safe_load(out.stdout) == {"name": "gelu", "change": "ReLU -> GELU", "reference": None}
 
 
 def test_a_sweeps_cfg_shows_its_first_run():

@@ -51,18 +51,21 @@ def test_a_smoke_sweep_trains_every_step_and_seed_and_writes_the_table(tmp_path)
     with open(tmp_path / "table.csv") as f:
         table = {r["step"]: r for r in csv.DictReader(f)}
     assert list(table) == ["resnet", "modern_recipe"]
-    assert (table["modern_recipe"]["seeds"], table["modern_recipe"]["builds_on"]) == ("2", "resnet")
+    assert table["modern_recipe"]["builds_on"] == "resnet"
+    for step, row in table.items():  # averaged: the seeds that completed above chance (a smoke run may not learn)
+        counted = [float(r["top1"]) for r in rows if r["step"] == step and r["collapsed"] == "False"]
+        assert int(row["seeds"]) == len(counted)
+        mean = float(row["top1_mean"]) if row["top1_mean"] else float("nan")
+        assert mean == pytest.approx(sum(counted) / len(counted)) if counted else row["top1_mean"] == ""
     assert float(table["modern_recipe"]["paper_top1"]) == 78.82  # the paper's top-1 and change, beside ours
     assert float(table["modern_recipe"]["paper_delta"]) == pytest.approx(2.69)
-    delta = float(table["modern_recipe"]["top1_mean"]) - float(table["resnet"]["top1_mean"])
-    assert float(table["modern_recipe"]["delta"]) == pytest.approx(delta)
     assert (tmp_path / "table.md").read_text().startswith("| step | what changes |")
     assert "all 4 runs completed." in out.stdout
 
 
 @pytest.mark.slow
 def test_killed_mid_sweep_and_rerun_every_run_completes_once_as_in_an_uninterrupted_sweep(tmp_path):
-    args = ["+step=resnet,gelu,layer_norm", *SMOKE, *QUICK]
+    args = ["+step=resnet,gelu,layer_norm", *SMOKE, *QUICK, "hydra/launcher=basic"]  # one run at a time
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert sweep(*args, f"hydra.sweep.dir={whole}").returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "roadmap.sweep", *args, f"hydra.sweep.dir={killed}"],
