@@ -45,20 +45,29 @@ def factor_of(network: str) -> str:
     return next((f for f in factors.NAMES if network.endswith(f"-{f}")), network)
 
 
+def bar_table(table: pd.DataFrame, design: str) -> pd.DataFrame:
+    """factor, mean, lo, hi, excludes_zero: what each factor is worth, in roadmap order. For
+    add_one the change it brings to the modern-recipe ResNet; for leave_one_out the top-1
+    ConvNeXt loses without it (the change of convnext-minus-<factor>, negated)."""
+    t = table[table["builds_on"].notna()].sort_values("order")
+    sign = -1 if design == "leave_one_out" else 1
+    ends = np.sort(np.stack([sign * t["delta_lo"].to_numpy(float), sign * t["delta_hi"].to_numpy(float)]), axis=0)
+    return pd.DataFrame({"factor": [factor_of(s) for s in t["step"]], "mean": sign * t["delta"].to_numpy(float),
+                         "lo": ends[0], "hi": ends[1], "excludes_zero": t["delta_excludes_zero"].to_numpy(bool)})
+
+
 def bars(table: pd.DataFrame, out: Path, design: str) -> List[Path]:
     """One bar per factor: the change against the reference network, with its interval."""
     t = table[table["builds_on"].notna()].sort_values("order")
     reference = table[table["builds_on"].isna()]
-    sign = -1 if design == "leave_one_out" else 1  # leave-one-out: what the factor is worth to ConvNeXt
-    mean, lo, hi = sign * t["delta"], sign * t["delta_hi"], sign * t["delta_lo"]
-    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(t) + 1.6))
-    y = np.arange(len(t))[::-1]
-    colours = ["#2ca02c" if v > 0 else "#d62728" for v in mean.fillna(0)]
-    err = [(mean - lo).fillna(0).clip(lower=0), (hi - mean).fillna(0).clip(lower=0)]
-    ax.barh(y, mean, color=colours, alpha=0.85, xerr=err, error_kw={"capsize": 2, "lw": 0.8})
+    b = bar_table(table, design)
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(b) + 1.6))
+    y = np.arange(len(b))[::-1]
+    colours = ["#2ca02c" if v > 0 else "#d62728" for v in b["mean"].fillna(0)]
+    err = [(b["mean"] - b["lo"]).fillna(0), (b["hi"] - b["mean"]).fillna(0)]
+    ax.barh(y, b["mean"], color=colours, alpha=0.85, xerr=err, error_kw={"capsize": 2, "lw": 0.8})
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{factor_of(s)}{' *' if z else ''}" for s, z in zip(t["step"], t["delta_excludes_zero"])],
-                       fontsize=8.5)
+    ax.set_yticklabels([f"{f}{' *' if z else ''}" for f, z in zip(b["factor"], b["excludes_zero"])], fontsize=8.5)
     ax.axvline(0, color="black", lw=0.8)
     what = ("top-1 lost when the factor is left out of ConvNeXt" if design == "leave_one_out"
             else "top-1 gained when the factor is added to the modern-recipe ResNet")

@@ -205,6 +205,18 @@ def side_by_side(cmd: CommandLine, p: Plan) -> int:
     return max(1, min(len(p.runs()), len(os.sched_getaffinity(0)) // max(threads)))
 
 
+def skipped_lines(skipped: List["designs.Skipped"], most: int = 5) -> List[str]:
+    """'<network>: <reason>' per skipped combination; past `most`, one line per reason with
+    its count and first network (a random design may reject dozens of draws)."""
+    if len(skipped) <= most:
+        return [f"{s.name}: {s.reason}" for s in skipped]
+    by_reason: Dict[str, List[str]] = {}
+    for s in skipped:
+        key = "a repeated draw" if s.reason.startswith("the same network as") else s.reason
+        by_reason.setdefault(key, []).append(s.name)
+    return [f"{len(names)} draws, {reason} (e.g. {names[0]})" for reason, names in by_reason.items()]
+
+
 def seed_values(seed: Optional[Override]) -> List[int]:
     """seed=3, seed=0,1,2 or seed=range(0,3) -> the seeds; [] when not given (the config's)."""
     if seed is None:
@@ -384,8 +396,8 @@ def sweep(argv: List[str]) -> None:
             f"{at_once}) -> {p.sweep_dir}",
             flush=True,
         )
-        for skip in p.skipped:
-            print(f"  not trained: {skip.name}: {skip.reason}", flush=True)
+        for line in skipped_lines(p.skipped):
+            print(f"  not trained: {line}", flush=True)
     interrupted = False
     try:
         launch(lambda cfg, run_dir: run_job(cfg, run_dir, p.sweep_dir), p.hydra_argv(), "sweep")

@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats as scipy_stats
 
+from analysis.designs import bar_table
 import roadmap
 import roadmap.results as R
 from roadmap import factors as F
@@ -21,7 +22,7 @@ from roadmap.config import SIDE_BRANCHES, STEPS, DesignConfig, compose_overrides
 from roadmap.designs import expand
 from roadmap.errors import ConfigError
 from roadmap.steps import complexity
-from roadmap.sweep import plan
+from roadmap.sweep import plan, skipped_lines
 from tests.conftest import one_line_error, set_top1
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,6 +142,15 @@ def test_random_networks_are_reproducible_distinct_and_meaningful():
     assert all(s.reason for s in skipped)
 
 
+def test_many_skipped_draws_are_listed_once_per_reason_with_their_count():
+    _, skipped = designed("random", samples=48, seed=0)
+    lines = skipped_lines(skipped)
+    assert len(skipped) > 5 and len(lines) == len({s.reason for s in skipped if "same network" not in s.reason}) + any(
+        "same network" in s.reason for s in skipped)
+    assert sum(int(line.split(" draws,")[0]) for line in lines) == len(skipped)
+    assert skipped_lines(skipped[:2]) == [f"{s.name}: {s.reason}" for s in skipped[:2]]
+
+
 def test_a_design_restricted_to_some_factors():
     nets, _ = designed("leave_one_out", factors=["gelu", "layer_norm"])
     assert [n.name for n in nets] == ["convnext", "convnext-minus-gelu", "convnext-minus-layer_norm"]
@@ -234,3 +244,15 @@ def test_the_four_answers_stand_side_by_side_per_factor(tmp_path):
     assert set(gelu.index) == {"change on the path", "cost of leaving it out", "gain of adding it alone",
                                "main effect (random)"}
     assert (tmp_path / "figures" / "factors_summary.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("design, sign", [("add_one", 1), ("leave_one_out", -1)])
+def test_each_bar_is_the_factors_worth_inside_its_interval(design, sign):
+    table = R.step_table(R.load(ROOT / "experiments" / f"fashion_mnist_micro_{design}"))
+    bars = bar_table(table, design).set_index("factor")
+    network = {"add_one": "modern_resnet-plus-{}", "leave_one_out": "convnext-minus-{}"}[design]
+    for factor, bar in bars.iterrows():
+        row = table.set_index("step").loc[network.format(factor)]
+        assert bar["mean"] == pytest.approx(sign * row["delta"])
+        assert (bar["lo"], bar["hi"]) == pytest.approx(tuple(sorted((sign * row["delta_lo"], sign * row["delta_hi"]))))
+        assert bar["lo"] < bar["mean"] < bar["hi"]
