@@ -56,6 +56,24 @@ def bar_table(table: pd.DataFrame, design: str) -> pd.DataFrame:
                          "lo": ends[0], "hi": ends[1], "excludes_zero": t["delta_excludes_zero"].to_numpy(bool)})
 
 
+def keep_on_the_bars(ax, ys, means, los, his) -> None:
+    """Limit the x axis to the bars and the intervals within 1.5x the largest bar: one wild
+    interval (a recipe that fails on one seed) must not flatten the rest. An interval cut
+    at the edge is written out there."""
+    means, los, his = (np.asarray(v, dtype=float) for v in (means, los, his))
+    if not np.isfinite(means).any():
+        return
+    reach = 1.5 * np.nanmax(np.abs(means)) + 0.5
+    left = min(np.nanmin(means), max(np.nanmin(los, initial=0.0), -reach)) - 0.3
+    right = max(np.nanmax(means), min(np.nanmax(his, initial=0.0), reach)) + 0.3
+    ax.set_xlim(left, right)
+    for y, lo, hi in zip(ys, los, his):
+        if lo < left or hi > right:
+            ax.annotate(f"interval [{lo:+.1f}, {hi:+.1f}] cut", (right if hi > right else left, y), fontsize=7,
+                        ha="right" if hi > right else "left", va="center", color="0.3",
+                        xytext=(-3 if hi > right else 3, 0), textcoords="offset points")
+
+
 def bars(table: pd.DataFrame, out: Path, design: str) -> List[Path]:
     """One bar per factor: the change against the reference network, with its interval."""
     t = table[table["builds_on"].notna()].sort_values("order")
@@ -66,6 +84,7 @@ def bars(table: pd.DataFrame, out: Path, design: str) -> List[Path]:
     colours = ["#2ca02c" if v > 0 else "#d62728" for v in b["mean"].fillna(0)]
     err = [(b["mean"] - b["lo"]).fillna(0), (b["hi"] - b["mean"]).fillna(0)]
     ax.barh(y, b["mean"], color=colours, alpha=0.85, xerr=err, error_kw={"capsize": 2, "lw": 0.8})
+    keep_on_the_bars(ax, y, b["mean"], b["lo"], b["hi"])
     ax.set_yticks(y)
     ax.set_yticklabels([f"{f}{' *' if z else ''}" for f, z in zip(b["factor"], b["excludes_zero"])], fontsize=8.5)
     ax.axvline(0, color="black", lw=0.8)
@@ -187,11 +206,16 @@ def summary_figure(table: pd.DataFrame, out: Path) -> List[Path]:
     fig, ax = plt.subplots(figsize=(9, 0.7 * len(names) + 1.6))
     y = np.arange(len(names))[::-1]
     h = 0.8 / len(kinds)
+    drawn = []
     for i, (kind, colour) in enumerate(zip(kinds, colours)):
         t = table[table["answer"] == kind].set_index("factor").reindex(names)
         err = [(t["mean"] - t["lo"]).fillna(0).clip(lower=0), (t["hi"] - t["mean"]).fillna(0).clip(lower=0)]
         ax.barh(y + 0.4 - h * (i + 0.5), t["mean"], height=h, color=colour, xerr=err, label=kind,
                 error_kw={"capsize": 1.5, "lw": 0.6})
+        drawn.append(pd.DataFrame({"y": y + 0.4 - h * (i + 0.5), "mean": t["mean"].to_numpy(),
+                                   "lo": t["lo"].to_numpy(), "hi": t["hi"].to_numpy()}))
+    every = pd.concat(drawn)
+    keep_on_the_bars(ax, every["y"], every["mean"], every["lo"], every["hi"])
     ax.set_yticks(y)
     ax.set_yticklabels(names, fontsize=8.5)
     ax.axvline(0, color="black", lw=0.8)
