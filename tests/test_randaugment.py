@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 from scipy import stats
+from timm.data import auto_augment as timm_aa
 
 import roadmap
 from roadmap.augment import BatchAugment
 from roadmap.errors import ConfigError
 from roadmap.randaugment import GEOMETRIC, INCREASING_OPS, LEVEL_TO_ARG, Policy, RandAugment, fill_colour
 
-timm_aa = pytest.importorskip("timm.data.auto_augment")
 MAGNITUDES = (0, 2.5, 5.5, 9, 9.7, 10)
 
 
@@ -25,10 +25,7 @@ def images():
     """64 real Fashion-MNIST images (grey) and 64 RGB images made of three of them each."""
     from roadmap.data import load_fashion_mnist
 
-    try:
-        train, _ = load_fashion_mnist(None, 32, download=False)
-    except roadmap.DataError:
-        pytest.skip("Fashion-MNIST is not installed (make data)")
+    train, _ = load_fashion_mnist(None, 32, download=False)  # `make test` installs it first (make data)
     x = train.images[:256, 0]
     grey = x[:64, None]
     rgb = torch.stack([x[64:128], x[128:192].flip(-1), x[192:256].flip(-2)], 1)

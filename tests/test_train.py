@@ -132,7 +132,6 @@ def test_two_processes_train_one_model_in_step_with_ddp_on_gloo(tmp_path):
 
 @pytest.mark.slow
 def test_wandb_logs_offline_without_network(tmp_path):
-    pytest.importorskip("wandb")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
     out = cli("+step=gelu", *SMOKE, "logger=wandb", f"hydra.run.dir={tmp_path}", env=env)
