@@ -42,7 +42,7 @@ def save(fig, out: Path, name: str) -> List[Path]:
 
 def factor_of(network: str) -> str:
     """The factor a leave-one-out or add-one network varies (its name's suffix)."""
-    return next((f for f in factors.NAMES if network.endswith(f"-{f}")), network)
+    return factors.varied_by(network) or network
 
 
 def bar_table(table: pd.DataFrame, design: str) -> pd.DataFrame:

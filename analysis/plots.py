@@ -45,15 +45,6 @@ ADOPTED = "#444444"
 ROOTS = ("runs", "experiments")  # where make plots looks for studies: users' runs, committed reference studies
 
 
-def _save(fig, out: Path, name: str) -> List[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})  # the same bytes on every redraw
-    plt.close(fig)
-    return paths
-
-
 def _number(step: str) -> str:
     """A step's number in the paper's path ('-' for a step a user added)."""
     return str(STEPS.index(step)) if step in STEPS else "-"
@@ -108,7 +99,7 @@ def figure2(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     ax.text(1.0, 1.0, "MACs/image →", transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="#777777")
     fig.suptitle(f"Modernizing a ResNet toward a ConvNeXt: {_title(t)}", fontsize=12)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _save(fig, out, "figure2" + suffix)
+    return designs.save(fig, out, "figure2" + suffix)
 
 
 def path_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
@@ -131,7 +122,7 @@ def path_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     ax.set_title(f"Accuracy against compute along the path: {_title(t)}", fontsize=11)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, out, "path" + suffix)
+    return designs.save(fig, out, "path" + suffix)
 
 
 def delta_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
@@ -153,7 +144,7 @@ def delta_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, out, "deltas" + suffix)
+    return designs.save(fig, out, "deltas" + suffix)
 
 
 def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
@@ -185,7 +176,7 @@ def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path, suffix: str 
     )
     fig.suptitle(f"Training curves: {_title(table)}", fontsize=11)
     fig.tight_layout()
-    return _save(fig, out, "curves" + suffix)
+    return designs.save(fig, out, "curves" + suffix)
 
 
 def say_left_out(study: Path, runs) -> None:
@@ -194,10 +185,10 @@ def say_left_out(study: Path, runs) -> None:
         return ", ".join(f"{Path(r).relative_to(study) if Path(r).is_relative_to(study) else r} ({s})"
                          for r, s in zip(rows["run_dir"], results.outcome(rows)))
 
-    unfinished = runs[runs["status"] != "completed"]
+    left_out = runs.drop(results.averaged(runs).index)
+    unfinished, at_chance = left_out[left_out["status"] != "completed"], left_out[left_out["status"] == "completed"]
     if len(unfinished):
         print(f"{study}: left out {len(unfinished)} of {len(runs)} runs that did not complete: {names(unfinished)}")
-    at_chance = runs[(runs["status"] == "completed") & runs["collapsed"].astype(bool)]
     if len(at_chance):
         print(f"{study}: left out {len(at_chance)} of {len(runs)} runs that ended at chance level: {names(at_chance)}")
 
@@ -211,13 +202,11 @@ def plot_study(study: Path) -> List[Path]:
             f"no runs under {study}: give a study directory such as experiments/fashion_mnist_micro"
         )
     say_left_out(study, runs)
-    hist = results.history(study)
+    hist = results.history(study, runs)
     design = results.design_of(runs)
     for values, table in results.variants(results.step_table(runs)):
         suffix = "".join(f"__{k}={v}" for k, v in values.items())
-        curves = hist
-        for k, v in values.items():
-            curves = curves[curves[k] == v] if k in curves.columns else curves
+        curves = results.matching(hist, values)
         if design == "path":
             written += figure2(table, out, suffix) + path_plot(table, out, suffix) + delta_plot(table, out, suffix)
         else:

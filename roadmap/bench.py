@@ -338,7 +338,6 @@ def run(cfg: BenchConfig) -> Dict:
     counting = time_counting() if cfg.count else None
     steps = expand_steps(cfg.steps)  # the default study's runs: all steps for make bench
     study = wall_time.project(steps, seconds=max(cfg.seconds, 0.2)) if cfg.study and device.type == "cpu" else None
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
 
     todo = entries(cfg)
     matmul = matmul_gflops(device, 8192 if device.type == "cuda" else 2048)

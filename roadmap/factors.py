@@ -138,6 +138,11 @@ NAMES: Tuple[str, ...] = tuple(f.name for f in FACTORS)
 BY_NAME: Dict[str, Factor] = {f.name: f for f in FACTORS}
 
 
+def varied_by(network: str) -> Optional[str]:
+    """The factor a leave-one-out or add-one network varies (its name's `-<factor>` suffix)."""
+    return next((name for name in NAMES if network.endswith(f"-{name}")), None)
+
+
 def shared_fields(levels: Mapping[str, bool]) -> List[str]:
     """The overrides of the two fields that two factors set together (module docstring)."""
     widths = ("wider_widths" if levels["wider"] else "stage_ratio_widths" if levels["stage_ratio"] else "resnet_widths")

@@ -140,7 +140,7 @@ class RecipeConfig:
             raise ConfigError(
                 f"recipe.crop_scale={list(self.crop_scale)} is not valid: give [min, max] with 0 < min <= max <= 1"
             )
-        if self.device_batch < 0 or (self.device_batch and self.batch_size % self.device_batch):
+        if self.device_batch and self.batch_size % self.device_batch:
             raise ConfigError(
                 f"recipe.batch_size={self.batch_size} conflicts with recipe.device_batch={self.device_batch}: "
                 "the batch must be a whole number of device batches"

@@ -154,8 +154,7 @@ def collapsed(top1: Optional[float], num_classes: Optional[int]) -> bool:
 
 
 def _run_row(run: Path) -> Dict[str, Any]:
-    status = rundir.run_status(run)
-    summary = rundir.read_summary(run) if status not in ("unreadable", "incomplete") else None
+    summary, status = rundir.summary_and_status(run)
     cfg = _flat_config(run)
     if not cfg and (run / rundir.CONFIG).exists():
         status = "unreadable"
@@ -189,20 +188,21 @@ def design_order(step: Optional[str], reference: Optional[str]) -> float:
         return 0
     if not isinstance(reference, str):
         return 0.0
-    suffix = next((i for i, name in enumerate(factors.NAMES) if step.endswith(f"-{name}")), None)
-    return 1 + suffix if suffix is not None else 100
+    factor = factors.varied_by(step)
+    return 1 + factors.NAMES.index(factor) if factor is not None else 100
 
 
-def history(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
-    """One row per run, epoch and metric: study, swept keys, step, seed, epoch, metric, value."""
+def history(paths: Union[PathLike, Iterable[PathLike]], runs: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """One row per run, epoch and metric: study, swept keys, step, seed, epoch, metric, value.
+    `runs`: load(paths), where the caller has already read it."""
+    runs = load(paths) if runs is None else runs
     rows = []
-    for run in run_dirs(paths):
-        row = _run_row(run)
-        study, swept = layout(run, row["step"])
-        for record in rundir.read_metrics(run):
+    for run, study, step, seed in zip(runs["run_dir"], runs["study"], runs["step"], runs["seed"]):
+        _, swept = layout(Path(run), step)
+        for record in rundir.read_metrics(Path(run)):
             for metric, value in dataclasses.asdict(record).items():
                 if metric != "epoch":
-                    rows.append({"study": study, **swept, "step": row["step"], "seed": row["seed"],
+                    rows.append({"study": study, **swept, "step": step, "seed": seed,
                                  "epoch": record.epoch, "metric": metric, "value": value})
     columns = ["study", "step", "seed", "epoch", "metric", "value"]
     df = pd.DataFrame(rows, columns=None if rows else columns)
@@ -309,9 +309,11 @@ def markdown_table(table: pd.DataFrame, runs: Optional[pd.DataFrame] = None) -> 
 
 
 def matching(runs: pd.DataFrame, values: Dict[str, Any]) -> pd.DataFrame:
-    """The runs of one block of the step table: those with these swept values."""
+    """The runs (or history rows) of one block of the step table: those with these swept
+    values (a frame without a key's column has nothing to tell apart by it)."""
     for k, v in values.items():
-        runs = runs[(runs[k] == v) | (runs[k].isna() & pd.isna(v))]
+        if k in runs.columns:
+            runs = runs[(runs[k] == v) | (runs[k].isna() & pd.isna(v))]
     return runs
 
 

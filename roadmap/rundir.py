@@ -20,7 +20,7 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -243,14 +243,14 @@ def write_metrics(run_dir: Path, history: List[EpochRecord]) -> None:
     write_lines(Path(run_dir) / METRICS, [dataclasses.asdict(r) for r in history])
 
 
-def run_status(run_dir: Path) -> str:
-    """The run's status for a reader: its summary's, `unreadable` for a broken summary,
-    `incomplete` for a directory that holds no summary."""
+def summary_and_status(run_dir: Path) -> Tuple[Optional[RunSummary], str]:
+    """The run's summary and its status for a reader: the summary's, `unreadable` for a
+    broken summary, `incomplete` for a directory that holds no summary."""
     try:
         summary = read_summary(run_dir)
     except RunDirError:
-        return "unreadable"
-    return summary.status if summary else "incomplete"
+        return None, "unreadable"
+    return summary, summary.status if summary else "incomplete"
 
 
 def remove_if_unused(run_dir: Path) -> None:

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any, List, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from roadmap import rundir
@@ -38,11 +39,14 @@ from roadmap.rundir import EpochRecord, RunSummary
 def train(cfg: DictConfig, run_dir: Path) -> RunSummary:
     """Train the run `cfg` describes in `run_dir`; its summary. Resumes from the run
     directory's checkpoint; returns a finished run's summary untouched."""
-    run, run_dir = validate(cfg), Path(run_dir)
+    finished = finished_run(Path(run_dir), cfg)
+    return finished if finished is not None else _train(cfg, Path(run_dir))
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> RunSummary:
+    """train() for a run that has not finished: from the start, or from its checkpoint."""
+    run = validate(cfg)
     machine = setup(run.train.device, run.train.threads)
-    finished = finished_run(run_dir, cfg)
-    if finished is not None:
-        return finished
     check_run_dir(run_dir, cfg, machine)
     data = build_data(run, machine)
     log = RunLog(run_dir, cfg, run, machine, data.steps_per_epoch())
@@ -98,7 +102,6 @@ class RunLog:
     def __init__(self, run_dir: Path, cfg: DictConfig, run: RunConfig, machine: Machine, steps_per_epoch: int):
         self.run_dir, self.run, self.machine, self.steps = run_dir, run, machine, steps_per_epoch
         self.history: List[EpochRecord] = []
-        self.prior_seconds = 0.0
         self.started = time.time()
         self.main = machine.main
         if self.main and not (run_dir / rundir.CONFIG).exists():
@@ -108,8 +111,8 @@ class RunLog:
         self.base = RunSummary(
             status="running", step=run.step.name, change=run.step.change, regime=run.regime.name, data=run.data.name,
             recipe=run.recipe.name, seed=run.seed, params=cost.params, gmacs=cost.gmacs, resolution=cost.resolution,
-            epochs=run.recipe.epochs, world_size=machine.world, device=str(machine.device), threads=_threads(),
-            code_version=code_version(), versions=library_versions(),
+            epochs=run.recipe.epochs, world_size=machine.world, device=str(machine.device),
+            threads=torch.get_num_threads(), code_version=code_version(), versions=library_versions(),
         )
 
     def resume(self, state: TrainState) -> None:
@@ -187,12 +190,6 @@ def _mean(values: List[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 # ----------------------------------------------------------------------------- command line
 
 
@@ -202,7 +199,7 @@ def run_one(cfg: DictConfig, run_dir: Path, stop_on_interrupt: bool = False) -> 
     say = is_main_process()
     try:
         already = finished_run(Path(run_dir), cfg)
-        summary = already or train(cfg, run_dir)
+        summary = already or _train(cfg, Path(run_dir))
     except RoadmapError as e:
         if say:
             print(f"error: {e}", file=sys.stderr)

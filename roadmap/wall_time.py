@@ -113,9 +113,13 @@ def makespan(durations: Sequence[float], workers: int) -> float:
 def project(steps: Sequence[str], seconds: float = 1.0) -> Dict:
     """The default study (these steps, one seed) both ways: rates per step and wall times."""
     cores = len(os.sched_getaffinity(0))
-    epochs = study_steps(steps[0])[2]
+    epochs = validate(compose(steps[0])).recipe.epochs
+    threads = torch.get_num_threads()
     torch.set_num_threads(cores)
-    alone = [measure(step, seconds) for step in steps]
+    try:
+        alone = [measure(step, seconds) for step in steps]
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting, as it was
     shared = measure_side_by_side(steps, cores, seconds) if cores > 1 else alone
     old = sum(r.run_seconds(epochs) for r in alone)
     new = makespan([r.run_seconds(epochs) for r in shared], cores)
