@@ -5,6 +5,7 @@ code version, peak memory). The trainer and the benchmark share these."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
 import resource
@@ -50,7 +51,31 @@ def setup(kind: Device, threads: int = 0) -> Machine:
     rank, world, local_rank = setup_distributed(kind)
     if threads:
         torch.set_num_threads(threads)
-    return Machine(rank, world, local_rank, pick_device(kind, local_rank))
+    device = pick_device(kind, local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return Machine(rank, world, local_rank, device)
+
+
+# glibc's mallopt parameters (malloc.h) and the sizes we give them
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to 32 MiB come from the heap, not from a fresh mmap
+TRIM_THRESHOLD = 64 << 20  # free heap kept for the next step instead of handed back to the system
+TOP_PAD = 32 << 20  # heap grown in 32 MiB strides
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory a training step frees for the next one. By
+    default it maps each activation over 128 KiB-32 MiB afresh and hands it back when it
+    is freed, so every step page-faults (and zero-fills) its activations again: 5-15% of a
+    small network's CPU step (BENCHMARKS.md). Only allocation changes, not one number.
+    False where the C library has no mallopt (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in
+               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
 
 
 def setup_distributed(kind: Device) -> Tuple[int, int, int]:

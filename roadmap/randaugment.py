@@ -314,7 +314,9 @@ def _cubic(v1, v2, v3, v4, d):
 def resample(x: torch.Tensor, matrix: torch.Tensor, fill: Sequence[float], mode: str = "bicubic") -> torch.Tensor:
     """Image.transform(size, AFFINE, matrix, resample, fillcolor) for a batch: float64 as PIL,
     edge pixels clamped, samples outside the image filled, values clipped and truncated.
-    All taps come from one gather; the cubic is PIL's, evaluated in PIL's order."""
+    All taps come from one gather; the cubic is PIL's, evaluated in PIL's order. An axis the
+    matrix leaves alone (shears and translations move along one axis) samples pixel centres,
+    where PIL's filter weighs the centre tap 1 exactly: one tap there instead of four."""
     n, c, h, w = x.shape
     a = matrix.to(x.device).view(n, 6, 1, 1)
     ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float64) + 0.5,
@@ -325,26 +327,35 @@ def resample(x: torch.Tensor, matrix: torch.Tensor, fill: Sequence[float], mode:
     sx, sy = sx - 0.5, sy - 0.5
     x0, y0 = torch.floor(sx), torch.floor(sy)
     dx, dy = sx - x0, sy - y0
+    moves_x, moves_y = _moves(matrix[:, :3], (1.0, 0.0, 0.0)), _moves(matrix[:, 3:], (0.0, 1.0, 0.0))
     taps = range(-1, 3) if mode == "bicubic" else range(0, 2)
-    rows = torch.stack([(y0 + j).clamp(0, h - 1) for j in taps], 1).long() * w  # (n, k, h, w)
+    x_taps, y_taps = (taps if moves_x else range(1)), (taps if moves_y else range(1))
+    rows = torch.stack([(y0 + j).clamp(0, h - 1) for j in y_taps], 1).long() * w  # (n, k, h, w)
     src = x.to(torch.float64).reshape(n, c, h * w)
-    k = len(taps)
+    k = len(y_taps)
 
     def column(i: int) -> torch.Tensor:  # the tap at column offset i, for every row tap: (n, c, k, h, w)
         index = rows + (x0 + i).clamp(0, w - 1).long().unsqueeze(1)
         return src.gather(2, index.view(n, 1, -1).expand(n, c, -1)).view(n, c, k, h, w)
 
-    ddx, ddy = dx.view(n, 1, 1, h, w), dy.view(n, 1, h, w)
-    if mode == "bicubic":
-        v = _cubic(*(column(i) for i in taps), ddx)  # along each row tap
-        v = _cubic(*v.unbind(2), ddy)
-    else:
-        left, right = column(0), column(1)
-        v = left + (right - left) * ddx
-        v = v[:, :, 0] + (v[:, :, 1] - v[:, :, 0]) * ddy
+    v = _interpolate(mode, [column(i) for i in x_taps], dx.view(n, 1, 1, h, w)) if moves_x else column(0)
+    v = _interpolate(mode, v.unbind(2), dy.view(n, 1, h, w)) if moves_y else v[:, :, 0]
     v = torch.trunc(v.clamp(0, 255))
     fill_value = torch.tensor(list(fill), dtype=torch.float64, device=x.device).view(1, c, 1, 1)
     return torch.where(inside.unsqueeze(1), v, fill_value).to(x.dtype)
+
+
+def _moves(rows: torch.Tensor, identity: Tuple[float, float, float]) -> bool:
+    """Whether the matrix rows (n, 3) move any image along their axis."""
+    return not bool((rows == torch.tensor(identity, dtype=rows.dtype)).all())
+
+
+def _interpolate(mode: str, taps: Sequence[torch.Tensor], d: torch.Tensor) -> torch.Tensor:
+    """PIL's filter over the taps at fractional offset d: its cubic, or the linear blend."""
+    if mode == "bicubic":
+        return _cubic(*taps, d)
+    left, right = taps
+    return left + (right - left) * d
 
 
 # ----------------------------------------------------------------------------- the batched policy

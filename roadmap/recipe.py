@@ -185,10 +185,13 @@ def param_groups(model: nn.Module, recipe: RecipeConfig) -> List[dict]:
 
 
 def build_optimizer(model: nn.Module, recipe: RecipeConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over the recipe's parameter groups. foreach: one op over all tensors of a
+    group instead of one per tensor (torch's default on CUDA, not on the CPU); the same
+    numbers, bit for bit, as the per-tensor loop (tests/test_recipe.py)."""
     groups, lr = param_groups(model, recipe), recipe.scaled_lr()
     if recipe.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(recipe.betas))
+        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, foreach=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(recipe.betas), foreach=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: RecipeConfig, steps_per_epoch: int):

@@ -103,11 +103,13 @@ def transfer(seed_deltas: Mapping[str, Mapping[int, float]], paper: Mapping[str,
     point = _correlations(ours, theirs)
     seeds = sorted({k for s in steps for k in seed_deltas[s]})
     rng = np.random.default_rng(seed)
-    draws = []
+    draws, seen = [], {}  # a resample's correlations depend only on which seeds it drew, not their order
     for _ in range(resamples):
-        pick = rng.choice(seeds, size=len(seeds), replace=True)
-        means = [np.mean([seed_deltas[s][k] for k in pick if k in seed_deltas[s]] or [math.nan]) for s in steps]
-        draws.append(_correlations(means, theirs))
+        pick = tuple(sorted(rng.choice(seeds, size=len(seeds), replace=True).tolist()))
+        if pick not in seen:
+            means = [np.mean([seed_deltas[s][k] for k in pick if k in seed_deltas[s]] or [math.nan]) for s in steps]
+            seen[pick] = _correlations(means, theirs)
+        draws.append(seen[pick])
     lo, hi = np.nanpercentile(np.asarray(draws, dtype=float), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2], axis=0)
     return Transfer(len(steps), int(agree), len(sig), int(sig_agree), point[0], lo[0], hi[0], point[1], lo[1], hi[1],
                     len(seeds))

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from roadmap import designs, results, rundir
 from roadmap.cli import CommandLine, check, launch, line, one_line_errors, read, step_names
+from roadmap.complexity import complexity
 from roadmap.config import (
     CONF_DIR,
     GROUPS,
@@ -90,6 +91,9 @@ class Plan:
     """Runs that train side by side (Hydra's joblib launcher), each on its train.threads cores."""
     skipped: List["designs.Skipped"] = field(default_factory=list)
     """A design's combinations without meaning, with their reasons (not trained)."""
+    launch_order: List[str] = field(default_factory=list)
+    """The steps in the order their runs start: `steps`, or the costliest first when runs
+    train side by side (so that the last runs to finish are short ones)."""
 
     def variants(self) -> List[str]:
         """Each combination of the axes' values as its directory, the way Hydra's
@@ -119,7 +123,7 @@ class Plan:
         return [
             "--multirun",
             *self.sweeps,
-            f"+step={','.join(self.steps)}",
+            f"+step={','.join(self.launch_order or self.steps)}",
             f"seed={','.join(map(str, self.seeds))}",
             *self.fixed,
             *self.hydra,
@@ -164,7 +168,21 @@ def plan(cmd: CommandLine) -> Plan:
     first = filter(None, p.variants()[0].split("/"))
     p.sweep_dir = Path(hydra_config(p.steps[0], [*p.fixed, *first, *cmd.hydra, *search]).sweep.dir)
     p.jobs = side_by_side(cmd, p)
+    p.launch_order = longest_first(p) if p.jobs > 1 else list(p.steps)
     return p
+
+
+def longest_first(p: Plan) -> List[str]:
+    """The steps by their networks' multiply-accumulates, most first (a stable sort): each
+    run starts on the first free core, and starting the long runs first leaves the short
+    ones to fill the end (the longest-processing-time rule), where one long run would
+    otherwise train alone while the other cores wait."""
+    variant = p.variants()[0]
+    cost = {}
+    for step in p.steps:
+        run = validate(p.configs[(variant, step)])
+        cost[step] = complexity(run.model, run.data.image_size).gmacs
+    return sorted(p.steps, key=lambda step: -cost[step])
 
 
 def networks(cmd: CommandLine) -> Tuple[List[str], List[str], List[designs.Skipped]]:

@@ -6,7 +6,7 @@ A run of the default study is `epochs` passes of the training set (its train ste
 256, the step's recipe, channels-last) and a test of the test set after each. Its rates
 are measured as the study trains: alone with every thread, and with one thread while the
 other cores train the same step, all started together. The side-by-side projection
-schedules the runs in the sweep's order onto the first free core.
+schedules the runs in the sweep's order (the costliest network first) onto the first free core.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from roadmap.complexity import complexity
 from roadmap.config import compose, validate
 from roadmap.model import ConvNet
 from roadmap.recipe import build_optimizer
@@ -101,6 +102,12 @@ def measure_side_by_side(steps: Sequence[str], processes: int, seconds: float) -
     return [StepRates(s, mean(i, "train_img_s"), mean(i, "test_img_s")) for i, s in enumerate(steps)]
 
 
+def gmacs(step: str) -> float:
+    """The step's multiply-accumulates per image in the default study (the sweep orders by them)."""
+    run = validate(compose(step))
+    return complexity(run.model, run.data.image_size).gmacs
+
+
 def makespan(durations: Sequence[float], workers: int) -> float:
     """Wall time of jobs run in order, each on the first free worker (joblib's order)."""
     free = [0.0] * workers
@@ -122,5 +129,6 @@ def project(steps: Sequence[str], seconds: float = 1.0) -> Dict:
         torch.set_num_threads(threads)  # the caller's setting, as it was
     shared = measure_side_by_side(steps, cores, seconds) if cores > 1 else alone
     old = sum(r.run_seconds(epochs) for r in alone)
-    new = makespan([r.run_seconds(epochs) for r in shared], cores)
+    order = sorted(range(len(steps)), key=lambda i: -gmacs(steps[i]))  # the sweep's launch order
+    new = makespan([shared[i].run_seconds(epochs) for i in order], cores)
     return {"cores": cores, "epochs": epochs, "alone": alone, "shared": shared, "old_s": old, "new_s": new}

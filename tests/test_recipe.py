@@ -170,3 +170,22 @@ def test_each_recipe_resamples_with_its_own_interpolation_in_memory_and_in_image
     crop, flip = train.transform.transforms[1], train.transform.transforms[2]
     assert crop.interpolation == v2.InterpolationMode.BILINEAR and flip.p == 0.0  # image folders honour recipe.hflip
     assert val.transform.transforms[1].interpolation == v2.InterpolationMode.BILINEAR
+
+
+@pytest.mark.parametrize("step", ["resnet", "separate_downsampling"])  # SGD and AdamW
+def test_the_optimizer_updates_all_tensors_at_once_with_the_numbers_of_the_per_tensor_loop(step):
+    rec = recipe(step)
+    weights = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = ConvNet(ModelConfig(depths=[1, 1, 1, 1], widths=[8, 8, 8, 8], in_chans=1, num_classes=10))
+        opt = build_optimizer(model, rec)
+        assert all(g["foreach"] for g in opt.param_groups)
+        for g in opt.param_groups:
+            g["foreach"] = foreach
+        for _ in range(3):
+            torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 32, 32)), torch.arange(8)).backward()
+            opt.step()
+            opt.zero_grad()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])

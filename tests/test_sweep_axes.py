@@ -12,6 +12,7 @@ import pytest
 import roadmap.results as R
 from roadmap import ConfigError
 from roadmap.cli import read
+from roadmap.config import validate
 from roadmap.sweep import plan
 from tests.conftest import one_line_error
 
@@ -170,6 +171,22 @@ def test_a_cpu_study_of_small_networks_trains_one_run_per_core_with_one_thread_e
     assert planned("+step=all", "train.device=cpu", "train.threads=0").jobs == 1  # all cores to one run, as before
     assert planned("+step=resnet", "train.device=cpu").jobs == 1  # one run
     assert planned("+step=all", "hydra/launcher=basic").jobs == 1  # a launcher chosen is kept
+
+
+def test_runs_side_by_side_start_with_the_costliest_networks(monkeypatch):
+    import os
+
+    from roadmap.complexity import complexity
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)))
+    p = planned("+step=all", "train.device=cpu")
+    cost = {s: complexity(validate(p.configs[("", s)]).model, 32).gmacs for s in p.steps}
+    assert sorted(p.launch_order) == sorted(p.steps) and p.launch_order[0] == "wider"  # the widest network
+    assert [cost[s] for s in p.launch_order] == sorted(cost.values(), reverse=True)
+    assert "+step=" + ",".join(p.launch_order) in p.hydra_argv()
+    assert p.runs()[0] == ("", "resnet", 0)  # the plan (and what it reports) keeps the roadmap's order
+    one = planned("+step=all", "hydra/launcher=basic")
+    assert one.launch_order == one.steps  # one run at a time: the roadmap's order
 
 
 @pytest.mark.slow

@@ -205,3 +205,33 @@ def test_train_takes_one_step_and_points_to_the_sweep():
     one_line_error(cli(*SMOKE), "no step given")
     one_line_error(cli("+step=gelu", "recipe.epochs=0"), "recipe.epochs=0 is not valid")
     one_line_error(cli("+step=gelu", "recipe=adam"), "unknown recipe 'adam': choose one of classic, convnext")
+
+
+TRAIN_STEPS = """
+import sys, torch
+from roadmap.machine import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()  # glibc, as on Linux
+torch.set_num_threads(1)
+torch.manual_seed(0)
+import roadmap
+from roadmap.config import validate
+from roadmap.model import ConvNet
+from roadmap.recipe import build_optimizer
+run = validate(roadmap.compose("separate_downsampling"))
+model = ConvNet(run.model).to(memory_format=torch.channels_last)
+opt = build_optimizer(model, run.recipe)
+for _ in range(3):
+    x = torch.randn(256, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    torch.nn.functional.cross_entropy(model(x), torch.randint(0, 10, (256,))).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+print(sum(p.double().sum().item() for p in model.parameters()).hex())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keeping_freed_memory_for_the_next_step_changes_no_number():
+    weights = [subprocess.run([sys.executable, "-c", TRAIN_STEPS, how], capture_output=True, text=True, check=True)
+               .stdout for how in ("keep", "default")]
+    assert weights[0] == weights[1] and weights[0].startswith("0x")
