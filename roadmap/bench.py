@@ -47,7 +47,7 @@ from roadmap.config import STEPS, compose, expand_steps, model_config, validate
 from roadmap import wall_time
 from roadmap.data import Data
 from roadmap.errors import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, DataError, check_ranges
-from roadmap.machine import Machine, autocast, library_versions
+from roadmap.machine import Machine, autocast, keep_freed_memory, library_versions
 from roadmap.model import ConvNet, ModelConfig
 from roadmap.weights import WeightImportError, import_weights
 
@@ -335,6 +335,8 @@ def run(cfg: BenchConfig) -> Dict:
         torch.set_num_threads(cfg.threads)
     elif device.type == "cpu":
         torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if device.type == "cpu":
+        keep_freed_memory()  # as a training run does: every implementation gets the same allocator
     counting = time_counting() if cfg.count else None
     steps = expand_steps(cfg.steps)  # the default study's runs: all steps for make bench
     study = wall_time.project(steps, seconds=max(cfg.seconds, 0.2)) if cfg.study and device.type == "cpu" else None

@@ -40,6 +40,8 @@ OPS = (
     "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
 )
 GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+# Geometric ops resampled in one call: those that move images along x only, along y only, and rotation
+RESAMPLED_TOGETHER = (("ShearX", "TranslateXRel"), ("ShearY", "TranslateYRel"), ("Rotate",))
 
 
 # ----------------------------------------------------------------------------- the policy string
@@ -369,6 +371,10 @@ class RandAugment:
             raise ConfigError(f"RandAugment resamples bicubic or bilinear, not {interpolation}")
         self.policy, self.fill, self.interpolation = policy, tuple(fill), interpolation
         self.ops = policy.ops
+        # What one call applies: each colour op alone, the geometric ops that move the same axes together
+        self.groups = [(name,) for name in self.ops if name not in GEOMETRIC] + list(RESAMPLED_TOGETHER)
+        in_order = [name for group in self.groups for name in group]
+        self.position = torch.tensor([in_order.index(name) for name in self.ops])  # op index -> place in the groups
 
     def draw(self, n: int, g: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One slot's draws for n images: the op (index into self.ops, -1 where the op is not
@@ -387,27 +393,43 @@ class RandAugment:
 
     def apply(self, x: torch.Tensor, name: str, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
         """One op on every image of x, at each image's level and sign."""
-        to_arg = LEVEL_TO_ARG.get(name)
-        arg = to_arg(level, sign) if to_arg is not None else None
         if name in GEOMETRIC:
-            matrix = affine_matrix(name, arg, x.shape[-2], x.shape[-1])
-            return resample(x, matrix, self.fill, self.interpolation)
-        return COLOUR_OPS[name](x, arg)
+            return self.apply_geometric(x, [name], [len(x)], level, sign)
+        to_arg = LEVEL_TO_ARG.get(name)
+        return COLOUR_OPS[name](x, to_arg(level, sign) if to_arg is not None else None)
+
+    def apply_geometric(self, x: torch.Tensor, names: Sequence[str], counts: Sequence[int], level: torch.Tensor,
+                        sign: torch.Tensor) -> torch.Tensor:
+        """Geometric ops on consecutive runs of images (`counts[i]` images get `names[i]`), in
+        one resampling: each image's result is the one its own op gives alone."""
+        matrices, start = [], 0
+        for name, count in zip(names, counts):
+            part = slice(start, start + count)
+            matrices.append(affine_matrix(name, LEVEL_TO_ARG[name](level[part], sign[part]), x.shape[-2], x.shape[-1]))
+            start += count
+        return resample(x, torch.cat(matrices), self.fill, self.interpolation)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         for _ in range(self.policy.num_ops):
             op, level, sign = self.draw(len(x), g)
-            # Images sorted by the op they drew: each op acts on one contiguous slice, with one
-            # gather before and one scatter after instead of an index/index_put per op.
-            order = op.argsort(stable=True)
-            op, level, sign = op[order], level[order], sign[order]
-            ends = torch.bincount(op + 1, minlength=len(self.ops) + 1).cumsum(0).tolist()
+            # Images sorted by the op they drew, in the groups' order: each group acts on one
+            # contiguous slice, with one gather before and one scatter after instead of an
+            # index/index_put per op.
+            place = torch.where(op >= 0, self.position[op.clamp(min=0)], -1)
+            order = place.argsort(stable=True)
+            level, sign = level[order], sign[order]
+            ends = torch.bincount(place + 1, minlength=len(self.ops) + 1).cumsum(0).tolist()  # [0]: not applied
             d = order.to(x.device)
             y = x[d]
-            for k, name in enumerate(self.ops):
-                a, b = ends[k], ends[k + 1]  # slot 0 of the count is "not applied"
-                if b > a:
-                    y[a:b] = self.apply(y[a:b], name, level[a:b], sign[a:b])
+            k = 0
+            for group in self.groups:
+                a, b = ends[k], ends[k + len(group)]
+                if b > a and len(group) == 1:
+                    y[a:b] = self.apply(y[a:b], group[0], level[a:b], sign[a:b])
+                elif b > a:
+                    counts = [ends[k + i + 1] - ends[k + i] for i in range(len(group))]
+                    y[a:b] = self.apply_geometric(y[a:b], group, counts, level[a:b], sign[a:b])
+                k += len(group)
             x[d] = y
         return x
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from roadmap.complexity import complexity
 from roadmap.config import compose, validate
+from roadmap.machine import keep_freed_memory
 from roadmap.model import ConvNet
 from roadmap.recipe import build_optimizer
 
@@ -83,6 +84,7 @@ def measure(step: str, seconds: float, start: Callable[[], None] = lambda: None)
 
 def _side_by_side_worker(steps: Sequence[str], seconds: float, barrier, queue) -> None:
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the sweep's runs do
     queue.put([measure(step, seconds, barrier.wait) for step in steps])
 
 

@@ -82,3 +82,19 @@ def test_the_broadcast_affine_grid_samples_exactly_as_torchs_affine_grid():
     for mode in ("bilinear", "bicubic"):
         ref = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode=mode, align_corners=False)
         assert torch.allclose(warp(x, theta, mode), ref, atol=1e-5)
+
+
+def test_a_batch_gets_what_each_image_would_get_alone_from_the_same_draws():
+    """The batch is sorted by op and the geometric ops that move the same axes share one
+    resampling: image by image, the result is still the drawn ops applied one at a time."""
+    ra = RandAugment(Policy.parse("rand-m9-mstd0.5-inc1"), fill=(128,))
+    x = torch.randint(0, 256, (64, 1, 32, 32)).float()
+    batched = ra(x.clone(), g(5))
+    draws, one_by_one = g(5), x.clone()
+    for _ in range(2):
+        op, level, sign = ra.draw(len(x), draws)
+        for i, k in enumerate(op.tolist()):
+            if k >= 0:
+                one_by_one[i : i + 1] = ra.apply(one_by_one[i : i + 1], ra.ops[k], level[i : i + 1], sign[i : i + 1])
+    assert torch.equal(batched, one_by_one)
+    assert len({ra.ops[k] for k in op.tolist() if k >= 0} & {"ShearX", "TranslateXRel", "Rotate"}) == 3
