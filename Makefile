@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: train every step of the roadmap on the embedded default study
-# (Fashion-MNIST, micro regime): about 13 minutes on 2 CPU cores. The runs land in
+# (Fashion-MNIST, micro regime): about 10 minutes on 2 CPU cores. The runs land in
 # runs/fashion_mnist_micro/ (ignored by git). Running it again skips what finished and
 # resumes what was interrupted.
 run: setup data

@@ -1,6 +1,6 @@
 """Train every step of the roadmap, and any other axis: one study, one table.
 
-    python -m roadmap.sweep +step=all                              # the default study (~13 min on 2 cores)
+    python -m roadmap.sweep +step=all                              # the default study (~10 min on 2 cores)
     python -m roadmap.sweep +step=all seed=0,1,2                   # three seeds
     python -m roadmap.sweep +step=all recipe.lr=1e-3,2e-3,4e-3     # the whole path at three learning rates
     python -m roadmap.sweep +step=kernel_7 model.kernel_size=5,7 'seed=range(0,3)'
