@@ -67,7 +67,7 @@ TOP_PAD = 32 << 20  # heap grown in 32 MiB strides
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep the memory a training step frees for the next one. By
     default it maps each activation over 128 KiB-32 MiB afresh and hands it back when it
-    is freed, so every step page-faults (and zero-fills) its activations again: 5-15% of a
+    is freed, so every step page-faults (and zero-fills) its activations again: 5-20% of a
     small network's CPU step (BENCHMARKS.md). Only allocation changes, not one number.
     False where the C library has no mallopt (not glibc)."""
     try:

@@ -73,7 +73,8 @@ def test_1_plots_draw_the_rest_and_name_runs_without_a_valid_summary(tmp_path):
 
 @pytest.mark.slow
 def test_2_ctrl_c_stops_the_whole_sweep_with_130_and_the_rerun_resumes(tmp_path):
-    args = ["+step=resnet,gelu,layer_norm", "+experiment=smoke", "data.train_limit=4096", "recipe.batch_size=128",
+    # epochs of several seconds: the signal must land in gelu's second epoch even on a loaded machine
+    args = ["+step=resnet,gelu,layer_norm", "+experiment=smoke", "data.train_limit=16384", "recipe.batch_size=128",
             f"hydra.sweep.dir={tmp_path}"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "roadmap.sweep", *args],
