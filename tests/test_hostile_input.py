@@ -71,10 +71,16 @@ def test_1_plots_draw_the_rest_and_name_runs_without_a_valid_summary(tmp_path):
 # ----------------------------------------------------------------------------- 2. Ctrl-C stops a sweep
 
 
+def as_from_a_shell():
+    """Ctrl-C as a terminal delivers it: SIGINT neither ignored nor blocked in the child,
+    whatever an earlier test left in this pytest worker (both are inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.slow
 def test_2_ctrl_c_stops_the_whole_sweep_with_130_and_the_rerun_resumes(tmp_path):
-    # epochs of several seconds: the signal must land in gelu's second epoch even on a loaded machine
-    args = ["+step=resnet,gelu,layer_norm", "+experiment=smoke", "data.train_limit=16384", "recipe.batch_size=128",
+    args = ["+step=resnet,gelu,layer_norm", "+experiment=smoke", "data.train_limit=4096", "recipe.batch_size=128",
             f"hydra.sweep.dir={tmp_path}"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "roadmap.sweep", *args],
@@ -82,6 +88,7 @@ def test_2_ctrl_c_stops_the_whole_sweep_with_130_and_the_rerun_resumes(tmp_path)
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        preexec_fn=as_from_a_shell,
     )
     metrics = tmp_path / "gelu" / "seed0" / "metrics.jsonl"
     deadline = time.time() + 300
