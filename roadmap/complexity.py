@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Union
+from typing import List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
@@ -87,3 +87,13 @@ def complexity(model: Union[nn.Module, ModelConfig], resolution: int = 224) -> C
 def _in_chans(model: nn.Module) -> int:
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     return first.in_channels
+
+
+def costliest_first(networks: Mapping[str, Tuple[ModelConfig, int]]) -> List[str]:
+    """The names of `networks` (name -> (config, resolution)) by their MACs, most first (a
+    stable sort). Runs side by side start in this order: each starts on the first free core,
+    and starting the long ones first leaves the short ones to fill the end (the
+    longest-processing-time rule), where one long run would otherwise train alone while the
+    other cores wait."""
+    cost = {name: complexity(cfg, resolution).macs for name, (cfg, resolution) in networks.items()}
+    return sorted(cost, key=lambda name: -cost[name])

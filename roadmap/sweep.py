@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from roadmap import designs, results, rundir
 from roadmap.cli import CommandLine, check, launch, line, one_line_errors, read, step_names
-from roadmap.complexity import complexity
+from roadmap.complexity import costliest_first
 from roadmap.config import (
     CONF_DIR,
     GROUPS,
@@ -173,16 +173,10 @@ def plan(cmd: CommandLine) -> Plan:
 
 
 def longest_first(p: Plan) -> List[str]:
-    """The steps by their networks' multiply-accumulates, most first (a stable sort): each
-    run starts on the first free core, and starting the long runs first leaves the short
-    ones to fill the end (the longest-processing-time rule), where one long run would
-    otherwise train alone while the other cores wait."""
-    variant = p.variants()[0]
-    cost = {}
-    for step in p.steps:
-        run = validate(p.configs[(variant, step)])
-        cost[step] = complexity(run.model, run.data.image_size).gmacs
-    return sorted(p.steps, key=lambda step: -cost[step])
+    """The steps, costliest network first (complexity.costliest_first), as the first swept
+    value builds them."""
+    runs = {step: validate(p.configs[(p.variants()[0], step)]) for step in p.steps}
+    return costliest_first({step: (run.model, run.data.image_size) for step, run in runs.items()})
 
 
 def networks(cmd: CommandLine) -> Tuple[List[str], List[str], List[designs.Skipped]]:

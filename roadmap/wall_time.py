@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from roadmap.complexity import complexity
+from roadmap.complexity import costliest_first
 from roadmap.config import compose, validate
 from roadmap.machine import keep_freed_memory
 from roadmap.model import ConvNet
@@ -104,12 +104,6 @@ def measure_side_by_side(steps: Sequence[str], processes: int, seconds: float) -
     return [StepRates(s, mean(i, "train_img_s"), mean(i, "test_img_s")) for i, s in enumerate(steps)]
 
 
-def gmacs(step: str) -> float:
-    """The step's multiply-accumulates per image in the default study (the sweep orders by them)."""
-    run = validate(compose(step))
-    return complexity(run.model, run.data.image_size).gmacs
-
-
 def makespan(durations: Sequence[float], workers: int) -> float:
     """Wall time of jobs run in order, each on the first free worker (joblib's order)."""
     free = [0.0] * workers
@@ -122,7 +116,8 @@ def makespan(durations: Sequence[float], workers: int) -> float:
 def project(steps: Sequence[str], seconds: float = 1.0) -> Dict:
     """The default study (these steps, one seed) both ways: rates per step and wall times."""
     cores = len(os.sched_getaffinity(0))
-    epochs = validate(compose(steps[0])).recipe.epochs
+    runs = {step: validate(compose(step)) for step in steps}
+    epochs = runs[steps[0]].recipe.epochs
     threads = torch.get_num_threads()
     torch.set_num_threads(cores)
     try:
@@ -131,6 +126,7 @@ def project(steps: Sequence[str], seconds: float = 1.0) -> Dict:
         torch.set_num_threads(threads)  # the caller's setting, as it was
     shared = measure_side_by_side(steps, cores, seconds) if cores > 1 else alone
     old = sum(r.run_seconds(epochs) for r in alone)
-    order = sorted(range(len(steps)), key=lambda i: -gmacs(steps[i]))  # the sweep's launch order
-    new = makespan([shared[i].run_seconds(epochs) for i in order], cores)
+    order = costliest_first({step: (run.model, run.data.image_size) for step, run in runs.items()})  # as the sweep
+    rates = {r.step: r for r in shared}
+    new = makespan([rates[step].run_seconds(epochs) for step in order], cores)
     return {"cores": cores, "epochs": epochs, "alone": alone, "shared": shared, "old_s": old, "new_s": new}
