@@ -48,6 +48,7 @@ class Source(Choice):
 # Where each numeric field may lie (finite in any case).
 DATA_RANGES = {
     "image_size": POSITIVE_INT,
+    "resize": NON_NEGATIVE_INT,
     "channels": POSITIVE_INT,
     "num_classes": POSITIVE_INT,
     "train_limit": NON_NEGATIVE_INT,
@@ -72,6 +73,10 @@ class DataConfig:
     """1 (grey) or 3 (RGB); the model's in_chans follows it."""
     num_classes: int
     """Classes; the model's num_classes follows it."""
+    resize: int = 0
+    """In-memory images are first resized to this side (bicubic), then padded to image_size;
+    0 keeps their own size. The ladder's 64-px rung: resize=56, image_size=64 (the default's
+    framing, 28 in 32, at twice the resolution)."""
     root: Optional[str] = None
     """Where the local copy lives, and only there (downloads go there too): Fashion-MNIST's IDX
     files in it or in <root>/FashionMNIST/raw, <root>/cifar-10-batches-py, or, for
@@ -98,6 +103,11 @@ class DataConfig:
                 "give one per channel"
             )
         check_ranges(self, "data", DATA_RANGES)
+        if self.resize > self.image_size:
+            raise ConfigError(
+                f"data.resize={self.resize} is larger than data.image_size={self.image_size}: the images would be "
+                f"cropped; use data.resize<={self.image_size}, or raise data.image_size"
+            )
 
 
 # ----------------------------------------------------------------------------- in memory
@@ -137,10 +147,19 @@ def _find_idx(folder: Path, stem: str) -> Optional[Path]:
     return None
 
 
+def resized(images: torch.Tensor, side: int) -> torch.Tensor:
+    """uint8 images resized to side x side, bicubic (antialiased when shrinking), rounded and
+    clamped back to uint8; unchanged when side is 0 or their own size."""
+    if not side or tuple(images.shape[-2:]) == (side, side):
+        return images
+    out = F.interpolate(images.float(), size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
 def _pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre small images on a black canvas (Fashion-MNIST's 28x28 -> 32x32)."""
+    """Centre small images on a black canvas (Fashion-MNIST's 28x28 -> 32x32); size 0: as they are."""
     h, w = images.shape[-2:]
-    if (h, w) == (size, size):
+    if not size or (h, w) == (size, size):
         return images
     if h > size or w > size:
         return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True).round().byte()
@@ -237,13 +256,19 @@ IN_MEMORY_LOADERS: Dict[Source, Callable[[Optional[str], int, bool], Tuple[Tenso
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(source: Source, root: Optional[str], image_size: int, download: bool) -> Tuple[TensorData, TensorData]:
-    """Read a dataset once per process (a sweep trains many steps on it); nothing mutates it."""
-    return IN_MEMORY_LOADERS[source](root, image_size, download)
+def _load_cached(
+    source: Source, root: Optional[str], image_size: int, download: bool, resize: int = 0
+) -> Tuple[TensorData, TensorData]:
+    """Read a dataset once per process (a sweep trains many steps on it); nothing mutates it.
+    With `resize`, the images at their own size are resized, then padded to image_size."""
+    if not resize:
+        return IN_MEMORY_LOADERS[source](root, image_size, download)
+    native = _load_cached(source, root, 0, download)  # size 0: their own size, unpadded
+    return tuple(TensorData(_pad_to(resized(d.images, resize), image_size), d.labels) for d in native)
 
 
 def load_in_memory(cfg: DataConfig, seed: int = 0) -> Tuple[TensorData, TensorData]:
-    train, test = _load_cached(cfg.source, cfg.root, cfg.image_size, cfg.download)
+    train, test = _load_cached(cfg.source, cfg.root, cfg.image_size, cfg.download, cfg.resize)
     if train.images.shape[1] != cfg.channels:
         raise DataError(f"{cfg.source.value} has {train.images.shape[1]} channels but data.channels={cfg.channels}")
     return train.subset(cfg.train_limit, seed), test.subset(cfg.test_limit, seed)

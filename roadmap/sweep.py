@@ -102,8 +102,9 @@ class Plan:
         return ["/".join(sorted(c)) for c in combos]
 
     def runs(self) -> List[Tuple[str, str, int]]:
-        """(variant, step, seed) of every run, in the order Hydra launches them."""
-        return [(v, step, seed) for v in self.variants() for step in self.steps for seed in self.seeds]
+        """(variant, step, seed) of every run, seed-major as Hydra launches them: a study
+        stopped part-way is complete for its first seeds."""
+        return [(v, step, seed) for seed in self.seeds for v in self.variants() for step in self.steps]
 
     def run_dir(self, variant: str, step: str, seed: int) -> Path:
         return self.sweep_dir / variant / step / f"seed{seed}"
@@ -114,7 +115,8 @@ class Plan:
         return cfg
 
     def hydra_argv(self) -> List[str]:
-        """The command line Hydra's multirun gets: axes outermost, then steps, then seeds."""
+        """The command line Hydra's multirun gets: seeds outermost (seed-major), then the
+        axes, then the steps (Hydra's basic sweeper nests its sweeps in the order given)."""
         subdir, naming = "${step.name}/seed${seed}", []
         if self.axes:
             subdir = "${hydra:job.override_dirname}/" + subdir
@@ -122,9 +124,9 @@ class Plan:
             naming = [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(dict.fromkeys(exclude))}]"]
         return [
             "--multirun",
+            f"seed={','.join(map(str, self.seeds))}",
             *self.sweeps,
             f"+step={','.join(self.launch_order or self.steps)}",
-            f"seed={','.join(map(str, self.seeds))}",
             *self.fixed,
             *self.hydra,
             f"hydra.sweep.dir={quote(str(self.sweep_dir))}",

@@ -104,9 +104,9 @@ def test_hydra_sweep_syntax_names_each_run():
     p = planned("+step=kernel_7", "model.kernel_size=range(5,9,2)", "seed=range(0,2)", "data.train_limit=512")
     assert p.axes == {"model.kernel_size": ["5", "7"]} and p.seeds == [0, 1] and p.fixed == ["data.train_limit=512"]
     assert [str(p.run_dir(*r).relative_to(p.sweep_dir)) for r in p.runs()] == [
-        "model.kernel_size=5/kernel_7/seed0", "model.kernel_size=5/kernel_7/seed1",
-        "model.kernel_size=7/kernel_7/seed0", "model.kernel_size=7/kernel_7/seed1",
-    ]
+        "model.kernel_size=5/kernel_7/seed0", "model.kernel_size=7/kernel_7/seed0",
+        "model.kernel_size=5/kernel_7/seed1", "model.kernel_size=7/kernel_7/seed1",
+    ]  # seed-major: a study stopped part-way is complete for seed 0
     assert [p.configs[(v, "kernel_7")].model.kernel_size for v in p.variants()] == [5, 7]
 
 
