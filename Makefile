@@ -33,6 +33,7 @@ plots: setup
 		$(PY) -m analysis.designs experiments/fashion_mnist_micro experiments/fashion_mnist_micro_leave_one_out \
 			experiments/fashion_mnist_micro_add_one experiments/fashion_mnist_micro_random experiments/figures; \
 	fi
+	$(PY) -m analysis.ladder   # the proxy ladder: the default study and its committed rungs
 
 # The speed table (BENCHMARKS.md): every step against the reference implementations
 # and the machine's matmul rate, about 10 minutes on 2 CPU cores. Writes benchmarks/.

@@ -8,9 +8,10 @@ its std over 3 seeds where the paper gives it, and GFLOPs (multiply-accumulates)
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from importlib import resources
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 GFLOPS_TOLERANCE = 0.01
 
@@ -55,3 +56,30 @@ def reference_regime(regime: str) -> str:
 
 def row(regime: str, step: str) -> Optional[PaperRow]:
     return TABLE.get((regime, step))
+
+
+CLEAR_MULTIPLE = 2.0  # a step is clear when its change exceeds twice its std over seeds (issue 19's rule)
+
+
+def change(regime: str, step: str, parent: str) -> Optional[Tuple[float, Optional[float]]]:
+    """A step's change of top-1 from the step it builds on, and the std of that change over
+    seeds: the two steps' stds added in quadrature (independent seeds), or the one given
+    (the resnet row has none); None for the std where neither has one (the r200 column)."""
+    a, b = row(regime, step), row(regime, parent)
+    if a is None or b is None:
+        return None
+    stds = [s for s in (a.top1_std, b.top1_std) if s is not None]
+    return a.top1 - b.top1, (math.sqrt(sum(s * s for s in stds)) if stds else None)
+
+
+def clear_steps(regime: str, parents: Mapping[str, str], multiple: float = CLEAR_MULTIPLE) -> List[str]:
+    """The paper's clear steps: those whose change exceeds `multiple` times its std over
+    seeds. In r50's column: 12 of 16, all but patchify_stem, gelu, fewer_norms and
+    layer_norm (the step's own std instead of the change's selects the same 12). The r200
+    column gives no std: no step is clear there."""
+    out = []
+    for step, parent in parents.items():
+        c = change(regime, step, parent)
+        if c is not None and c[1] is not None and abs(c[0]) > multiple * c[1]:
+            out.append(step)
+    return out

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from roadmap import factors, paper, rundir, stats
 from roadmap.errors import ResultsError
 from roadmap.rundir import RunSummary
-from roadmap.config import PARENTS, SIDE_BRANCHES, step_order
+from roadmap.config import PARENTS, SIDE_BRANCHES, STEPS, step_order
 
 PathLike = Union[str, Path]
 
@@ -257,7 +257,7 @@ def _step_rows(group: pd.DataFrame, values: Dict[str, Any]) -> List[dict]:
             "side_branch": step in SIDE_BRANCHES, "builds_on": parent, "regime": regime,
             "params_m": g["params"].iloc[0] / 1e6 if g["params"].notna().any() else float("nan"),
             "gmacs": g["gmacs"].iloc[0], "top1_mean": done["top1"].mean() if len(done) else float("nan"),
-            "top1_std": done["top1"].std(ddof=1) if len(done) > 1 else (0.0 if len(done) == 1 else float("nan")),
+            "top1_std": done["top1"].std(ddof=1) if len(done) > 1 else float("nan"),  # one seed: no spread
             "seeds": len(done), "runs": len(g),
             **stats.interval_columns(stats.t_interval(list(pairs.get(step, {}).values()))),
             "images_per_s": done["images_per_s"].mean() if len(done) else float("nan"),
@@ -272,11 +272,24 @@ def _step_rows(group: pd.DataFrame, values: Dict[str, Any]) -> List[dict]:
 
 def transfer(runs: pd.DataFrame) -> Optional[stats.Transfer]:
     """How the per-step changes of one study (and swept value) agree with the paper's:
-    signs and rank correlations, over the main path's steps and the side branches."""
+    signs and rank correlations over the main path's steps and the side branches, the same
+    over the paper's clear steps with the slope of our changes on its, and ConvNeXt minus
+    ResNet end to end (roadmap.stats.transfer)."""
     regime = paper.reference_regime(runs["regime"].dropna().iloc[0]) if runs["regime"].notna().any() else "r50"
-    theirs = {s: paper.row(regime, s).top1 - paper.row(regime, p).top1
-              for s, p in PARENTS.items() if paper.row(regime, s) and paper.row(regime, p)}
-    return stats.transfer(seed_deltas(runs), theirs)
+    changes = {s: paper.change(regime, s, p) for s, p in PARENTS.items()}
+    theirs = {s: c[0] for s, c in changes.items() if c is not None}
+    first, last = STEPS[0], STEPS[-1]
+    ends = paper.change(regime, last, first)
+    return stats.transfer(seed_deltas(runs), theirs, clear=paper.clear_steps(regime, PARENTS),
+                          gain=end_to_end(runs, first, last), paper_gain=ends[0] if ends else float("nan"),
+                          clear_multiple=paper.CLEAR_MULTIPLE)
+
+
+def end_to_end(runs: pd.DataFrame, first: str, last: str) -> Dict[int, float]:
+    """seed -> top-1 of `last` minus top-1 of `first`, for every seed both completed."""
+    done = averaged(runs)
+    top1 = {(s, int(k)): v for s, k, v in zip(done["step"], done["seed"], done["top1"])}
+    return {k: v - top1[(first, k)] for (s, k), v in top1.items() if s == last and (first, k) in top1}
 
 
 def variants(table: pd.DataFrame) -> List[Tuple[Dict[str, Any], pd.DataFrame]]:
@@ -340,13 +353,15 @@ def _markdown_rows(table: pd.DataFrame) -> List[str]:
 def _footer(table: pd.DataFrame, runs: pd.DataFrame) -> List[str]:
     lines = ["Δ top-1: the change from the step each builds on, a paired difference per seed (same seed for both), "
              "mean and 95% Student-t interval (n - 1 degrees of freedom); * where the interval excludes zero."]
+    if len(averaged(runs)) and averaged(runs).groupby("step")["seed"].nunique().max() == 1:
+        lines.append("1 seed: no spread or interval (the ± std and interval cells stay empty).")
     left = runs.drop(averaged(runs).index)
     if len(left):
         names = ", ".join(f"{s} seed{k} ({st})" for s, k, st in zip(left["step"], left["seed"], outcome(left)))
         lines.append(f"Not averaged: {names}.")
     t = transfer(runs) if runs["seed"].notna().any() else None
     if t is not None:
-        lines.append(t.summary(paper.reference_regime(table["regime"].iloc[0])) + ".")
+        lines.extend(t.summary(paper.reference_regime(table["regime"].iloc[0])).splitlines())
     return lines
 
 

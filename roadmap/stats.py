@@ -4,16 +4,18 @@ A step's change is measured as paired differences, one per seed (the child and t
 it builds on trained with the same seed), summarized by their mean and a 95% Student-t
 interval (n - 1 degrees of freedom: right for a few seeds, assuming the per-seed
 differences are roughly normal). Agreement with the paper is the sign agreement of the
-per-step changes and their Spearman and Kendall rank correlations, with percentile
-intervals from a bootstrap over seeds (seeds resampled with replacement, the same draw
-for every step, so each step keeps its pairing).
+per-step changes (with an exact binomial p against chance) and their Spearman and Kendall
+rank correlations, with percentile intervals from a bootstrap over seeds (seeds resampled
+with replacement, the same draw for every step, so each step keeps its pairing); over
+every step, and over the paper's clear steps, whose change stands above its own noise.
+With one seed no interval can be computed: it is nan, and printed as none.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
@@ -49,34 +51,96 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 
 @dataclass(frozen=True)
-class Transfer:
-    """How a study's per-step changes agree with the paper's."""
+class Agreement:
+    """How a study's per-step changes agree with the paper's over one set of steps."""
 
-    steps: int
-    """Steps with a change here and in the paper."""
+    steps: Tuple[str, ...]
+    """The steps compared (with a change here and in the paper)."""
     agree: int
     """Of those, steps whose change has the paper's sign."""
+    sign_p: float
+    """Exact one-sided binomial p of `agree` or more signs right by chance (each 1/2)."""
+    spearman: Interval
+    """Spearman's rank correlation of the per-step means, with its bootstrap interval over seeds."""
+    kendall: Interval
+    """Kendall's tau, likewise."""
+
+    def summary(self) -> str:
+        return (f"{self.agree} of {len(self.steps)} steps change top-1 in the paper's direction "
+                f"(binomial p = {self.sign_p:.2g} against chance); "
+                f"Spearman {_with_interval(self.spearman)}, Kendall {_with_interval(self.kendall)}")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """How a study's per-step changes agree with the paper's: over every step, over the
+    paper's clear steps (roadmap.paper.clear_steps), how the effects scale, and end to end."""
+
+    all: Agreement
+    """Every step with a change here and in the paper."""
+    clear: Optional[Agreement]
+    """The paper's clear steps among those (None where fewer than three are clear)."""
     significant: int
-    """Steps whose 95% interval excludes zero."""
+    """Steps whose 95% interval excludes zero here."""
     significant_agree: int
-    spearman: float
-    spearman_lo: float
-    spearman_hi: float
-    kendall: float
-    kendall_lo: float
-    kendall_hi: float
+    """Of those, steps with the paper's sign."""
+    slope: Interval
+    """Our changes on the paper's over the clear steps: least squares through zero, 95%
+    t-interval over the steps (1 = the same effects; 0.3 = a third of them)."""
+    gain: Interval
+    """ConvNeXt minus ResNet here (the path's last step minus its first), paired per seed."""
+    paper_gain: float
+    """The same in the paper."""
     seeds: int
     """Seeds the bootstrap resamples."""
+    clear_multiple: float = 2.0
+    """A clear step's change exceeds this many times its std over seeds (roadmap.paper.clear_steps)."""
 
     def summary(self, column: str) -> str:
-        """One line for a table's footer."""
-        return (
-            f"Transfer to ImageNet ({column} column): {self.agree} of {self.steps} steps change top-1 in the paper's "
-            f"direction ({self.significant_agree} of the {self.significant} whose 95% interval excludes zero); "
-            f"Spearman {self.spearman:+.2f} [{self.spearman_lo:+.2f}, {self.spearman_hi:+.2f}], "
-            f"Kendall {self.kendall:+.2f} [{self.kendall_lo:+.2f}, {self.kendall_hi:+.2f}] "
-            f"(95% bootstrap over {self.seeds} seeds, {RESAMPLES} resamples)"
-        )
+        """The table footer's lines, one per question."""
+        spread = f"95% bootstrap over {self.seeds} seeds, {RESAMPLES} resamples" if self.seeds > 1 else ONE_SEED
+        lines = [f"Transfer to ImageNet ({column} column): {self.all.summary()} "
+                 f"({self.significant_agree} of the {self.significant} whose 95% interval excludes zero agree; "
+                 f"{spread})."]
+        if self.clear is not None:
+            rule = f"change > {self.clear_multiple:g}x its std over seeds"
+            lines.append(f"On the paper's {len(self.clear.steps)} clear steps ({rule}: {', '.join(self.clear.steps)}): "
+                         f"{self.clear.summary()}; slope of our changes on the paper's {_with_interval(self.slope)} "
+                         "(least squares through zero).")
+        if math.isfinite(self.gain.mean):
+            pairs = f"{self.gain.n} paired seeds" if self.gain.n > 1 else ONE_SEED
+            lines.append(f"End to end, ConvNeXt minus ResNet: {_with_interval(self.gain)} points ({pairs}; "
+                         f"paper {self.paper_gain:+.2f}).")
+        return "\n".join(lines)
+
+
+ONE_SEED = "one seed: no interval"
+
+
+def _with_interval(iv: Interval) -> str:
+    """'+0.31 [+0.27, +0.40]', or '+0.31' alone where no interval could be computed."""
+    if not math.isfinite(iv.mean):
+        return "n/a"
+    return f"{iv.mean:+.2f}" + (f" [{iv.lo:+.2f}, {iv.hi:+.2f}]" if math.isfinite(iv.lo) else "")
+
+
+def sign_p(agree: int, steps: int) -> float:
+    """Exact one-sided binomial p of at least `agree` of `steps` signs right by chance."""
+    return float(stats.binomtest(agree, steps, 0.5, alternative="greater").pvalue) if steps else math.nan
+
+
+def slope_through_zero(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> Interval:
+    """The least-squares slope of y on x through the origin (no change here for no change
+    there) and its t-interval (n - 1 degrees of freedom); nan lo/hi with fewer than two points."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) == 0 or not (x**2).sum():
+        return Interval(math.nan, math.nan, math.nan, len(x))
+    b = float((x * y).sum() / (x**2).sum())
+    if len(x) < 2:
+        return Interval(b, math.nan, math.nan, len(x))
+    se = math.sqrt(float(((y - b * x) ** 2).sum()) / (len(x) - 1) / float((x**2).sum()))
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * se
+    return Interval(b, b - half, b + half, len(x))
 
 
 def _correlations(ours: Sequence[float], paper: Sequence[float]) -> List[float]:
@@ -87,32 +151,60 @@ def _correlations(ours: Sequence[float], paper: Sequence[float]) -> List[float]:
     return [float(stats.spearmanr(a, b).statistic), float(stats.kendalltau(a, b).statistic)]
 
 
-def transfer(seed_deltas: Mapping[str, Mapping[int, float]], paper: Mapping[str, float],
-             resamples: int = RESAMPLES, seed: int = 0) -> Optional[Transfer]:
-    """Agreement of per-step changes (step -> seed -> paired change) with the paper's
-    (step -> change), over the steps that have both; None with fewer than three."""
-    steps = [s for s in seed_deltas if s in paper and math.isfinite(paper[s]) and seed_deltas[s]]
-    if len(steps) < 3:
-        return None
-    intervals = {s: t_interval(list(seed_deltas[s].values())) for s in steps}
-    ours = [intervals[s].mean for s in steps]
-    theirs = [paper[s] for s in steps]
-    agree = sum(np.sign(a) == np.sign(b) for a, b in zip(ours, theirs))
-    sig = [s for s in steps if intervals[s].excludes_zero]
-    sig_agree = sum(np.sign(intervals[s].mean) == np.sign(paper[s]) for s in sig)
-    point = _correlations(ours, theirs)
-    seeds = sorted({k for s in steps for k in seed_deltas[s]})
+def _bootstrap(seed_deltas: Mapping[str, Mapping[int, float]], subsets: Sequence[Sequence[str]],
+               paper: Mapping[str, float], resamples: int, seed: int) -> np.ndarray:
+    """(lo, hi) of Spearman and Kendall on each subset of steps, from resampling the seeds
+    with replacement (the same draw for every step): shape (2, 2 x subsets); nan with one seed."""
+    seeds = sorted({k for steps in subsets for s in steps for k in seed_deltas[s]})
+    if len(seeds) < 2:
+        return np.full((2, 2 * len(subsets)), math.nan)
     rng = np.random.default_rng(seed)
     draws, seen = [], {}  # a resample's correlations depend only on which seeds it drew, not their order
     for _ in range(resamples):
         pick = tuple(sorted(rng.choice(seeds, size=len(seeds), replace=True).tolist()))
         if pick not in seen:
-            means = [np.mean([seed_deltas[s][k] for k in pick if k in seed_deltas[s]] or [math.nan]) for s in steps]
-            seen[pick] = _correlations(means, theirs)
+            row = []
+            for steps in subsets:
+                means = [np.mean([seed_deltas[s][k] for k in pick if k in seed_deltas[s]] or [math.nan]) for s in steps]
+                row += _correlations(means, [paper[s] for s in steps])
+            seen[pick] = row
         draws.append(seen[pick])
-    lo, hi = np.nanpercentile(np.asarray(draws, dtype=float), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2], axis=0)
-    return Transfer(len(steps), int(agree), len(sig), int(sig_agree), point[0], lo[0], hi[0], point[1], lo[1], hi[1],
-                    len(seeds))
+    return np.nanpercentile(np.asarray(draws, dtype=float), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2], axis=0)
+
+
+def _agreement(steps: Sequence[str], means: Mapping[str, float], paper: Mapping[str, float],
+               bounds: np.ndarray, seeds: int) -> Agreement:
+    agree = int(sum(np.sign(means[s]) == np.sign(paper[s]) for s in steps))
+    rho, tau = _correlations([means[s] for s in steps], [paper[s] for s in steps])
+    return Agreement(tuple(steps), agree, sign_p(agree, len(steps)), Interval(rho, bounds[0][0], bounds[1][0], seeds),
+                     Interval(tau, bounds[0][1], bounds[1][1], seeds))
+
+
+def transfer(seed_deltas: Mapping[str, Mapping[int, float]], paper: Mapping[str, float], clear: Sequence[str] = (),
+             gain: Optional[Mapping[int, float]] = None, paper_gain: float = math.nan, clear_multiple: float = 2.0,
+             resamples: int = RESAMPLES, seed: int = 0) -> Optional[Transfer]:
+    """Agreement of per-step changes (step -> seed -> paired change) with the paper's
+    (step -> change), over the steps that have both and over the `clear` ones among them;
+    the slope over the clear steps, and the end-to-end gain (seed -> ConvNeXt minus ResNet).
+    None with fewer than three steps."""
+    steps = [s for s in seed_deltas if s in paper and math.isfinite(paper[s]) and seed_deltas[s]]
+    if len(steps) < 3:
+        return None
+    intervals = {s: t_interval(list(seed_deltas[s].values())) for s in steps}
+    means = {s: iv.mean for s, iv in intervals.items()}
+    picked = [s for s in steps if s in set(clear)]
+    subsets = [steps, picked] if len(picked) >= 3 else [steps]
+    bounds = _bootstrap(seed_deltas, subsets, paper, resamples, seed)
+    seeds = len({k for s in steps for k in seed_deltas[s]})
+    sig = [s for s in steps if intervals[s].excludes_zero]
+    return Transfer(
+        all=_agreement(steps, means, paper, bounds[:, :2], seeds),
+        clear=_agreement(picked, means, paper, bounds[:, 2:], seeds) if len(subsets) > 1 else None,
+        significant=len(sig), significant_agree=int(sum(np.sign(means[s]) == np.sign(paper[s]) for s in sig)),
+        slope=slope_through_zero([paper[s] for s in picked], [means[s] for s in picked]),
+        gain=t_interval(list((gain or {}).values())), paper_gain=paper_gain, seeds=seeds,
+        clear_multiple=clear_multiple,
+    )
 
 
 def interval_columns(interval: Interval) -> Dict[str, float]:

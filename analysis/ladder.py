@@ -1,0 +1,263 @@
+"""The proxy ladder: which cheap setting keeps ImageNet's ranking of the design decisions?
+
+    python -m analysis.ladder                          # the committed rungs under experiments/
+    python -m analysis.ladder STUDY [STUDY ...] [--out DIR]
+
+Each rung is a study of the whole path (conf/experiment/ladder_*.yaml: the default study
+with one knob moved). Per rung, over the seeds on which every step completed (a rung with
+fewer is marked partial; its other runs are named, never averaged in): its knobs, its cost
+(training compute against the default's, and CPU-minutes per seed on the machine that ran
+it), the sign agreement on the paper's clear steps with its binomial p, Spearman and Kendall
+there with bootstrap intervals over seeds, the slope of our changes on the paper's, and
+ConvNeXt minus ResNet paired per seed. Writes ladder.md, ladder.csv and ladder.png/.pdf to
+--out (default experiments/figures/); reads the studies only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.designs import save  # noqa: E402
+from roadmap import results  # noqa: E402
+from roadmap.config import STEPS  # noqa: E402
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+DEFAULT = EXPERIMENTS / "fashion_mnist_micro"
+"""Today's default study, the rung every other is measured against."""
+OUT = EXPERIMENTS / "figures"
+# A rung's knobs: the config keys the ladder moves, and how the table writes each.
+KNOBS = {
+    "cfg.recipe.epochs": lambda v: f"{int(v)} epoch{'s' if int(v) != 1 else ''}",
+    "cfg.data.image_size": lambda v: f"{int(v)} px",
+    "cfg.recipe.regularization": lambda v: f"regularization x{v:g}",
+    "cfg.recipe.crop_scale": lambda v: "" if json.loads(v) == [1.0, 1.0] else "crop " + "-".join(
+        f"{x:g}" for x in json.loads(v)),  # results.load keeps lists as their JSON text
+    "cfg.recipe.hflip": lambda v: f"flip {v:g}" if v else "",
+}
+
+
+def rungs(args: Sequence[str]) -> List[Path]:
+    """The studies named, or the default and every committed ladder rung beside it."""
+    if args:
+        missing = [a for a in args if not Path(a).is_dir()]
+        if missing:
+            raise results.ResultsError(
+                f"{missing[0]} is not a directory: give study directories such as experiments/{DEFAULT.name}"
+            )
+        return [Path(a) for a in args]
+    found = [DEFAULT, *sorted(p for p in DEFAULT.parent.glob(DEFAULT.name + "_*") if (p / "resnet").is_dir())]
+    found = [p for p in found if p.is_dir() and not p.name.endswith("_calibration")]
+    if not found:
+        raise results.ResultsError(f"no ladder studies under {EXPERIMENTS}: name them, e.g. experiments/{DEFAULT.name}")
+    return found
+
+
+def complete_seeds(runs: pd.DataFrame) -> List[int]:
+    """Seeds on which every step of the paper's path completed without collapsing."""
+    done = results.averaged(runs)
+    return sorted(int(k) for k, g in done.groupby("seed") if set(g["step"]) >= set(STEPS))
+
+
+def read_rung(study: Path) -> Optional[dict]:
+    """One rung: its runs restricted to its complete seeds, and what was left out; None
+    (with a line saying why) when no seed is complete."""
+    runs = results.load(study)
+    if runs.empty:
+        print(f"{study}: skipped, no runs", file=sys.stderr)
+        return None
+    foreign = sorted(set(runs["step"].dropna()) - set(STEPS))
+    if foreign:
+        raise results.ResultsError(
+            f"{study} does not train the paper's path ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}): "
+            "a rung is a study of +step=all, e.g. python -m roadmap.sweep +step=all +experiment=ladder_epochs10"
+        )
+    seeds = complete_seeds(runs)
+    left = runs[~runs["seed"].isin(seeds)]
+    if not seeds:
+        print(f"{study}: skipped, no seed on which all {len(STEPS)} steps of the path completed ({len(left)} runs "
+              "left out)", file=sys.stderr)
+        return None
+    if len(left):
+        print(f"{study}: partial, seeds {', '.join(map(str, seeds))} only ({len(left)} runs of other seeds left out: "
+              f"{', '.join(sorted(set(results.outcome(left))))})", file=sys.stderr)
+    return {"study": study, "runs": runs[runs["seed"].isin(seeds)], "partial": bool(len(left)), "left_out": len(left)}
+
+
+def check_alike(read: List[dict]) -> None:
+    """A ladder compares studies of one regime: ResultsError otherwise."""
+    regimes = {r["study"].name: set(r["runs"]["regime"].dropna()) for r in read}
+    if len(set.union(*regimes.values())) > 1:
+        named = "; ".join(f"{s}: {', '.join(sorted(v))}" for s, v in regimes.items())
+        raise results.ResultsError(f"the rungs differ in regime ({named}): a ladder compares studies of one regime")
+
+
+def knobs(runs: pd.DataFrame) -> str:
+    """The rung's setting, from the convnext-recipe runs' configs ('3 epochs, 32 px')."""
+    row = runs[runs["step"] == STEPS[-1]].iloc[0]
+    return ", ".join(filter(None, (fmt(row[k]) for k, fmt in KNOBS.items() if k in row and _known(row[k]))))
+
+
+def _known(value) -> bool:
+    return not (isinstance(value, float) and math.isnan(value))
+
+
+def cost(runs: pd.DataFrame) -> dict:
+    """Per seed: training compute per training image (forward GMACs x epochs, summed over the
+    steps: the same data everywhere, so its ratio is the ratio of work whatever the machine),
+    and CPU-minutes on the machine that ran it (wall time x threads; nan where a run did not
+    record its threads)."""
+    seeds = runs["seed"].nunique()
+    compute = float((runs["gmacs"] * runs["epochs"]).sum()) / seeds
+    threads = pd.to_numeric(runs["threads"], errors="coerce").fillna(runs["cfg.train.threads"]).replace(0, math.nan)
+    cpu = float((runs["wall_time_s"] * threads).sum(min_count=len(runs)) / 60 / seeds)
+    return {"compute": compute, "cpu_minutes": cpu}
+
+
+def row(rung: dict) -> dict:
+    """The ladder table's row of one rung."""
+    runs, t = rung["runs"], results.transfer(rung["runs"])
+    out = {"rung": rung_name(rung["study"]), "study": str(rung["study"]), "knobs": knobs(runs),
+           "seeds": runs["seed"].nunique(), "partial": rung["partial"], **cost(runs)}
+    if t is None or t.clear is None:
+        return out
+    c = t.clear
+    return {**out, "clear_steps": len(c.steps), "clear_agree": c.agree, "clear_sign_p": c.sign_p,
+            **_interval("spearman", c.spearman), **_interval("kendall", c.kendall), **_interval("slope", t.slope),
+            **_interval("gain", t.gain), "paper_gain": t.paper_gain, "all_agree": t.all.agree,
+            "all_steps": len(t.all.steps)}
+
+
+def _interval(name: str, iv) -> dict:
+    return {name: iv.mean, f"{name}_lo": iv.lo, f"{name}_hi": iv.hi}
+
+
+def rung_name(study: Path) -> str:
+    """'default' for today's default study, else what its name adds to the default's."""
+    if study.name == DEFAULT.name:
+        return "default"
+    return study.name.removeprefix(DEFAULT.name + "_")
+
+
+def table(read: List[dict]) -> pd.DataFrame:
+    """One row per rung, in the order given; cost relative to the default where it is a rung."""
+    frame = pd.DataFrame([row(r) for r in read])
+    base = frame.loc[frame["rung"] == "default", "compute"]
+    frame["cost_x_default"] = frame["compute"] / base.iloc[0] if len(base) else math.nan
+    return frame
+
+
+def better_than(r: pd.Series, default: pd.Series) -> bool:
+    """Issue 19's rule for "measurably better": at least two more clear steps with the
+    paper's sign, or a Kendall interval (on the clear steps) wholly above the default's."""
+    more_signs = r.get("clear_agree", math.nan) >= default.get("clear_agree", math.nan) + 2
+    above = r.get("kendall_lo", math.nan) > default.get("kendall_hi", math.nan)
+    return bool(more_signs or above)
+
+
+def _cell(v: float, lo: float, hi: float, spec: str = "+.2f") -> str:
+    if not _known(v):
+        return ""
+    return format(v, spec) + (f" [{lo:{spec}}, {hi:{spec}}]" if _known(lo) and _known(hi) else "")
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    gain = frame["paper_gain"].dropna() if "paper_gain" in frame else pd.Series(dtype=float)
+    lines = ["| rung | knobs | cost (x default) | CPU-min per seed | seeds | clear steps with the paper's sign (p) "
+             f"| Spearman (clear) | Kendall (clear) | slope | ConvNeXt - ResNet"
+             f"{f' (paper {gain.iloc[0]:+.2f})' if len(gain) else ''} |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        signs = f"{int(r['clear_agree'])} of {int(r['clear_steps'])} (p {r['clear_sign_p']:.2g})" \
+            if _known(r.get("clear_agree", math.nan)) else ""
+        lines.append(
+            f"| {r['rung']}{' (partial)' if r['partial'] else ''} | {r['knobs']} | {r['cost_x_default']:.2f} "
+            f"| {'' if not _known(r['cpu_minutes']) else format(r['cpu_minutes'], '.0f')} | {r['seeds']} | {signs} "
+            f"| {_cell(r.get('spearman'), r.get('spearman_lo'), r.get('spearman_hi'))} "
+            f"| {_cell(r.get('kendall'), r.get('kendall_lo'), r.get('kendall_hi'))} "
+            f"| {_cell(r.get('slope'), r.get('slope_lo'), r.get('slope_hi'))} "
+            f"| {_cell(r.get('gain'), r.get('gain_lo'), r.get('gain_hi'))} |")
+    lines += ["", "Intervals: 95%; rank correlations bootstrap over seeds (none with one seed), the slope a t-interval "
+              "over the clear steps, ConvNeXt - ResNet a t-interval over paired seeds (none with one seed). Cost: "
+              "training compute per seed (forward GMACs x epochs over the 17 steps) against the default's; CPU-minutes "
+              "on the machine that ran the rung (empty where runs did not record their threads)."]
+    return "\n".join(lines)
+
+
+PANELS = (
+    ("kendall", "Kendall's tau on the clear steps", 1.0),
+    ("slope", "slope of our changes on the paper's", 1.0),
+    ("gain", "ConvNeXt minus ResNet (points)", None),
+)
+
+
+def figure(frame: pd.DataFrame, out: Path) -> List[Path]:
+    """Transfer against cost, one point per rung: the default a star, partial rungs hollow."""
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.4))
+    for ax, (key, label, ideal) in zip(axes, PANELS):
+        for _, r in frame.iterrows():
+            v = r.get(key, math.nan)
+            if not _known(v):
+                continue
+            lo, hi = r.get(f"{key}_lo", math.nan), r.get(f"{key}_hi", math.nan)
+            err = [[v - lo], [hi - v]] if _known(lo) and _known(hi) else None
+            default = r["rung"] == "default"
+            ax.errorbar(r["cost_x_default"], v, yerr=err, fmt="*" if default else "o", ms=13 if default else 7,
+                        color="#d62728" if default else "#1f77b4", mfc="white" if r["partial"] else None, capsize=3)
+            seeds = f"{r['seeds']} seed{'s' if r['seeds'] > 1 else ''}{', partial' if r['partial'] else ''}"
+            ax.annotate(f"{r['rung']} ({seeds})", (r["cost_x_default"], v),
+                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.axhline(0, color="#999999", lw=0.8)
+        if ideal is not None:
+            ax.axhline(ideal, color="#999999", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("cost per seed (training compute, x the default study)")
+        ax.set_title(label, fontsize=10)
+    fig.suptitle("Which proxy keeps ImageNet's ranking? (95% intervals; dashed: the paper itself)", fontsize=11)
+    fig.tight_layout()
+    return save(fig, out, "ladder")
+
+
+def write(frame: pd.DataFrame, out: Path) -> List[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ladder.md").write_text(markdown(frame) + "\n")
+    frame.to_csv(out / "ladder.csv", index=False)
+    return [out / "ladder.md", out / "ladder.csv", *figure(frame, out)]
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m analysis.ladder", description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="*", help=f"the rungs' study directories (default: experiments/{DEFAULT.name} "
+                        "and its rungs beside it)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the table and figure go (default: experiments/"
+                        "figures)")
+    args = parser.parse_args(argv)
+    try:
+        read = [r for r in (read_rung(s) for s in rungs(args.studies)) if r is not None]
+        if not read:
+            raise results.ResultsError("no rung has a seed on which every step completed: nothing to draw")
+        check_alike(read)
+        frame = table(read)
+        written = write(frame, args.out)
+    except (results.ResultsError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(markdown(frame))
+    print("ladder: " + ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,111 @@
+"""The proxy ladder: rungs as presets that move one knob from the default, and the ladder's
+table and figure over studies of the whole path (synthetic rungs: the reference study's
+runs with their top-1s and knobs rewritten, so nothing trains)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from roadmap import paper
+from roadmap.config import STEPS, compose
+from tests.conftest import one_line_error
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "experiments" / "fashion_mnist_micro"
+
+
+def rung(tmp, name, top1_of, epochs=3, seeds=(0, 1, 2), regime=None):
+    """A copy of the reference study's runs as study `name`: top-1 top1_of(step, seed), `epochs`."""
+    study = tmp / name
+    for run in REFERENCE.glob("*/seed*"):
+        seed = int(run.name[4:])
+        if seed not in seeds:
+            continue
+        target = study / run.parent.name / run.name
+        shutil.copytree(run, target)
+        summary = json.loads((target / "summary.json").read_text())
+        summary.update(top1=top1_of(run.parent.name, seed), epochs=epochs, regime=regime or summary["regime"])
+        (target / "summary.json").write_text(json.dumps(summary))
+        cfg = yaml.safe_load((target / "config.yaml").read_text())
+        cfg["recipe"]["epochs"] = epochs
+        cfg["regime"]["name"] = regime or cfg["regime"]["name"]
+        (target / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return study
+
+
+def like_the_paper(step, seed):
+    return paper.row("r50", step).top1 + 0.05 * seed
+
+
+def ladder(*args):
+    return subprocess.run([sys.executable, "-m", "analysis.ladder", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+@pytest.mark.parametrize("preset, knob, value", [
+    ("ladder_epochs1", "recipe.epochs", 1), ("ladder_epochs10", "recipe.epochs", 10),
+    ("ladder_64px", "data.image_size", 64),
+])
+def test_each_rung_moves_one_knob_of_the_default_study(preset, knob, value):
+    default, moved = compose("gelu"), compose("gelu", f"+experiment={preset}")
+    section, key = knob.split(".")
+    assert moved[section][key] == value != default[section][key]
+    assert moved.study == f"fashion_mnist_micro_{preset.removeprefix('ladder_')}"
+    same = {k: v for k, v in moved.recipe.items() if k != key}
+    assert same == {k: v for k, v in default.recipe.items() if k != key} or section != "recipe"
+
+
+def test_the_64px_rung_resizes_the_garments_bicubic_and_keeps_the_default_framing():
+    cfg = compose("gelu", "+experiment=ladder_64px")
+    assert (cfg.data.image_size, cfg.data.resize) == (64, 56)  # 28 in 32 at twice the resolution
+
+
+def test_the_ladder_table_and_figure_of_three_rungs(tmp_path):
+    default = rung(tmp_path, "fashion_mnist_micro", lambda s, k: 80 + 0.3 * k - 0.1 * STEPS.index(s))
+    better = rung(tmp_path, "fashion_mnist_micro_epochs10", like_the_paper, epochs=10)
+    partial = rung(tmp_path, "fashion_mnist_micro_epochs1", like_the_paper, epochs=1, seeds=(0, 1))
+    shutil.rmtree(partial / "gelu" / "seed1")  # seed 1 unfinished: the rung is drawn from seed 0 alone
+    out = ladder(default, better, partial, "--out", tmp_path / "figures")
+    assert out.returncode == 0, out.stderr
+    frame = pd.read_csv(tmp_path / "figures" / "ladder.csv").set_index("rung")
+    assert list(frame.index) == ["default", "epochs10", "epochs1"]
+    assert frame.loc["epochs10", "cost_x_default"] == pytest.approx(10 / 3)
+    assert frame.loc["epochs1", "cost_x_default"] == pytest.approx(1 / 3)
+    assert frame.loc["epochs10", "clear_agree"] == 12 and frame.loc["epochs10", "kendall"] == pytest.approx(1.0)
+    assert frame.loc["epochs10", "slope"] == pytest.approx(1.0)
+    assert frame.loc["epochs1", "partial"] and frame.loc["epochs1", "seeds"] == 1
+    assert pd.isna(frame.loc["epochs1", "kendall_lo"]) and pd.isna(frame.loc["epochs1", "gain_lo"])  # one seed
+    assert not frame.loc["epochs10", "partial"] and frame.loc["epochs10", "gain"] == pytest.approx(5.84)
+    assert (tmp_path / "figures" / "ladder.png").stat().st_size > 10_000
+    assert "partial" in out.stderr and "epochs1" in out.stderr
+
+
+def test_a_ladder_of_studies_of_different_regimes_is_refused(tmp_path):
+    a = rung(tmp_path, "fashion_mnist_micro", like_the_paper, seeds=(0,))
+    b = rung(tmp_path, "other", like_the_paper, seeds=(0,), regime="r50")
+    one_line_error(ladder(a, b, "--out", tmp_path / "f"), "differ in regime")
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_study_of_other_steps_or_a_missing_path_is_refused_in_one_line(tmp_path):
+    a = rung(tmp_path, "fashion_mnist_micro", like_the_paper, seeds=(0,))
+    design = rung(tmp_path, "design", like_the_paper, seeds=(0,))
+    shutil.move(design / "gelu", design / "my_step")
+    summary = design / "my_step" / "seed0" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "step": "my_step"}))
+    one_line_error(ladder(a, design, "--out", tmp_path / "f"), "does not train the paper's path", "my_step")
+    one_line_error(ladder(a, tmp_path / "nowhere", "--out", tmp_path / "f"), "nowhere", "is not a directory")
+
+
+def test_a_rung_with_no_complete_seed_is_skipped_and_nothing_to_draw_exits_2(tmp_path):
+    a = rung(tmp_path, "fashion_mnist_micro", like_the_paper, seeds=(0,))
+    shutil.rmtree(a / "gelu")
+    out = ladder(a, "--out", tmp_path / "f")
+    assert out.returncode == 2 and "no seed on which all 17 steps of the path completed" in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
