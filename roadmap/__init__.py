@@ -14,6 +14,11 @@ def build_model(cfg) -> ConvNet:
 
 
 from roadmap.weights import import_weights  # noqa: E402
+from roadmap.timm_models import register as register_timm, register_when_imported, timm_name  # noqa: E402
+
+# timm.create_model("roadmap_r50_gelu") works once timm is imported, before or after roadmap;
+# roadmap does not import timm itself (an optional extra: roadmap/timm_models.py says why).
+register_when_imported()
 
 __all__ = [
     "STEPS",
@@ -22,6 +27,8 @@ __all__ = [
     "build_model",
     "complexity",
     "import_weights",
+    "register_timm",
+    "timm_name",
     "ConvNet",
     "ModelConfig",
     "Complexity",
