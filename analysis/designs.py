@@ -169,11 +169,26 @@ def effects(runs: pd.DataFrame, out: Path) -> List[Path]:
     return save(fig, out, "effects")
 
 
-def design_figures(runs: pd.DataFrame, table: pd.DataFrame, out: Path, design: str) -> List[Path]:
+def design_figures(runs: pd.DataFrame, table: pd.DataFrame, out: Path, design: str, study: str = "") -> List[Path]:
+    """A design's figures, those its completed networks allow; each one skipped is named, with why."""
     if design in ("leave_one_out", "add_one"):
-        return bars(table, out, design)
+        if table["delta"].notna().any():
+            return bars(table, out, design)
+        print(f"{study}: skipped the {design} figure: no network has a change from its reference on one seed")
+        return []
     frame = results.factor_table(runs)
-    return edfs(frame, out) + macs_scatter(frame, out) + effects(runs, out)
+    varying = [n for n in factors.NAMES if n in frame.columns and frame[n].nunique() > 1]
+    written: List[Path] = []
+    if varying:
+        written += edfs(frame, out) + macs_scatter(frame, out)
+    else:
+        print(f"{study}: skipped the edf and macs figures: {len(frame)} completed networks vary no factor")
+    if len(frame) > len(varying) + 1:
+        written += effects(runs, out)
+    else:
+        print(f"{study}: skipped the effects figure: the main effects of {len(varying)} factors cannot be estimated "
+              f"from {len(frame)} completed networks (it needs more networks than factors plus one)")
+    return written
 
 
 # ----------------------------------------------------------------------------- the four answers side by side
@@ -227,6 +242,22 @@ def summary_figure(table: pd.DataFrame, out: Path) -> List[Path]:
     return save(fig, out, "factors_summary")
 
 
+ORDER = ("path", "leave_one_out", "add_one", "random")  # analysis.designs' four arguments, by the design each records
+
+
+def check_order(paths: Sequence[str], studies: Sequence[pd.DataFrame]) -> None:
+    """ResultsError unless each study records the design its argument position takes."""
+    for i, (path, runs, wanted) in enumerate(zip(paths, studies, ORDER)):
+        if runs.empty:
+            raise results.ResultsError(f"{path} holds no runs: give four studies ({', '.join(ORDER)})")
+        found = results.design_of(runs)
+        if found != wanted:
+            raise results.ResultsError(
+                f"argument {i + 1} ({path}) is a study of design {found}, where one of design {wanted} goes: give the "
+                f"four studies in the order {', '.join(ORDER)}"
+            )
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) not in (4, 5):
         print("error: give four studies (path, leave_one_out, add_one, random) and optionally a folder for the figure",
@@ -234,6 +265,7 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(2)
     try:
         studies = [results.load(a) for a in argv[:4]]
+        check_order(argv[:4], studies)
     except results.ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -2,9 +2,11 @@
 
     python -m analysis.plots                       # every study under runs/ and experiments/
     python -m analysis.plots experiments/fashion_mnist_micro
+    python -m analysis.plots <study> --out <folder>  # a study you cannot (or do not want to) write into
 
-Writes into <study>/figures/, as PNG and PDF (a study that sweeps other keys gets each
-figure once per value, named after it: figure2__recipe.lr=0.001.png):
+Writes into <study>/figures/ (or --out; a read-only study's go to runs/figures/<study>),
+as PNG and PDF (a study that sweeps other keys gets each figure once per value, named
+after it: figure2__recipe.lr=0.001.png):
   figure2        the paper's Figure 2 for this study: one bar per step, grouped as in the
                  paper, top-1 with a seed error bar, GMACs beside each bar, side branches
                  marked as not adopted, and the paper's ImageNet top-1 beside it;
@@ -16,9 +18,10 @@ and the numbers as table.md and table.csv. Nothing is trained.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import matplotlib
 
@@ -180,22 +183,64 @@ def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path, suffix: str 
 
 
 def say_left_out(study: Path, runs) -> None:
-    """Name the runs no figure averages: those that did not complete, those at chance."""
+    """Name the runs no figure averages: those that did not complete, those at chance, and
+    those whose record cannot be averaged (a damaged seed or top-1, another regime)."""
     def names(rows) -> str:
         return ", ".join(f"{Path(r).relative_to(study) if Path(r).is_relative_to(study) else r} ({s})"
                          for r, s in zip(rows["run_dir"], results.outcome(rows)))
 
     left_out = runs.drop(results.averaged(runs).index)
+    damaged = left_out[left_out["left_out"].notna()]
+    left_out = left_out[left_out["left_out"].isna()]
     unfinished, at_chance = left_out[left_out["status"] != "completed"], left_out[left_out["status"] == "completed"]
-    if len(unfinished):
-        print(f"{study}: left out {len(unfinished)} of {len(runs)} runs that did not complete: {names(unfinished)}")
-    if len(at_chance):
-        print(f"{study}: left out {len(at_chance)} of {len(runs)} runs that ended at chance level: {names(at_chance)}")
+    for rows, what in ((unfinished, "that did not complete"), (at_chance, "that ended at chance level"),
+                       (damaged, "whose records cannot be averaged")):
+        if len(rows):
+            print(f"{study}: left out {len(rows)} of {len(runs)} runs {what}: {names(rows)}")
 
 
-def plot_study(study: Path) -> List[Path]:
-    """Every figure and table of a study; runs that did not complete are left out, and named."""
-    out = Path(study) / "figures"
+def has(table: pd.DataFrame, column: str, least: int = 1) -> bool:
+    return int(table[column].notna().sum()) >= least if column in table else False
+
+
+# The path's figures: name -> (can it be drawn from this step table and history?, why not, how to draw it).
+PATH_FIGURES = {
+    "figure2": (lambda t, h: has(t, "top1_mean"), "no step has a top-1", lambda t, h, o, s: figure2(t, o, s)),
+    "path": (lambda t, h: has(t, "top1_mean"), "no step has a top-1", lambda t, h, o, s: path_plot(t, o, s)),
+    "deltas": (lambda t, h: has(t.sort_values("order").iloc[1:], "delta"),
+               "no step has a change from the step it builds on (it needs both, on one seed)",
+               lambda t, h, o, s: delta_plot(t, o, s)),
+    "curves": (lambda t, h: len(h) > 0, "no run logged an epoch", lambda t, h, o, s: curves_plot(h, t, o, s)),
+}
+
+
+def draw(study: Path, name: str, fn, *args) -> List[Path]:
+    """One figure; a figure that cannot be drawn from what the study holds is named, with why."""
+    try:
+        return fn(*args)
+    except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError) as e:
+        print(f"{study}: skipped the {name} figure ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return []
+
+
+def output_folder(study: Path, out: Optional[Path]) -> Path:
+    """Where a study's figures go: `out`, else <study>/figures when it can be written, else
+    runs/figures/<study> (a read-only study is read, never written)."""
+    if out is not None:
+        return Path(out)
+    own = Path(study) / "figures"
+    if results.writable(own):
+        return own
+    else:
+        fallback = Path("runs") / "figures" / Path(study).resolve().name
+        print(f"{study}: cannot write {own}, so its figures go to {fallback} (choose the folder with --out)")
+        return fallback
+
+
+def plot_study(study: Path, out: Optional[Path] = None) -> List[Path]:
+    """Every figure and table of a study that its runs allow, into `out` (output_folder);
+    runs that did not complete are left out, and named, and so is each figure skipped."""
+    out = output_folder(study, out)
     runs, _, written = results.save_tables(study, out, with_runs=False)
     if runs.empty:
         raise results.ResultsError(
@@ -207,11 +252,16 @@ def plot_study(study: Path) -> List[Path]:
     for values, table in results.variants(results.step_table(runs)):
         suffix = "".join(f"__{k}={v}" for k, v in values.items())
         curves = results.matching(hist, values)
-        if design == "path":
-            written += figure2(table, out, suffix) + path_plot(table, out, suffix) + delta_plot(table, out, suffix)
-        else:
-            written += designs.design_figures(results.matching(runs, values), table, out, design)
-        written += curves_plot(curves, table, out, suffix)
+        if design != "path":
+            written += draw(study, design, designs.design_figures, results.matching(runs, values), table, out, design,
+                            str(study))
+            written += draw(study, "curves", curves_plot, curves, table, out, suffix)
+            continue
+        for name, (can, why, fn) in PATH_FIGURES.items():
+            if can(table, curves):
+                written += draw(study, name + suffix, fn, table, curves, out, suffix)
+            else:
+                print(f"{study}: skipped the {name + suffix} figure: {why}")
     return written
 
 
@@ -224,6 +274,7 @@ def studies(args: Sequence[str]) -> List[Path]:
             )
         return [Path(a) for a in args]
     found = sorted({study_root(p.parent) for top in ROOTS for p in Path(top).rglob("summary.json")})
+    found = [p for p in found if p.parts[:2] != ("runs", "figures")]
     if not found:
         raise results.ResultsError(
             "no studies under runs/ or experiments/: run python -m roadmap.sweep +step=all first, or name a study"
@@ -240,13 +291,29 @@ def study_root(run: Path) -> Path:
 
 
 def main(argv: Sequence[str] = ()) -> None:
+    parser = argparse.ArgumentParser(prog="python -m analysis.plots", description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="*", help="study directories (default: every study under runs/ and "
+                        "experiments/)")
+    parser.add_argument("--out", type=Path, help="where the figures and tables go (default: <study>/figures, or "
+                        "runs/figures/<study> for a study that cannot be written); with several studies, one folder "
+                        "per study inside it")
+    args = parser.parse_args(list(argv))
+    drew = 0
     try:
-        for study in studies(argv):
-            written = plot_study(study)
-            print(f"{study}: " + ", ".join(p.name for p in written))
+        found = studies(args.studies)
     except results.ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    for study in found:
+        out = None if args.out is None else (args.out if len(found) == 1 else args.out / study.resolve().name)
+        try:
+            written = plot_study(study, out)
+        except results.ResultsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        drew += 1
+        print(f"{study}: " + ", ".join(p.name for p in written) + f" (in {written[0].parent})" * bool(written))
+    sys.exit(0 if drew else 2)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ PathLike = Union[str, Path]
 # One column per field of a run's summary (one name per quantity, as in summary.json), with
 # the study, its swept keys, the step's place in the roadmap and the run's directory.
 SUMMARY_COLUMNS = [f.name for f in dataclasses.fields(RunSummary) if f.name != "versions"]
-RUN_COLUMNS = ["study", "swept", "order", *SUMMARY_COLUMNS, "collapsed", "run_dir"]
+RUN_COLUMNS = ["study", "swept", "order", *SUMMARY_COLUMNS, "collapsed", "left_out", "run_dir"]
 # Where a run's summary is missing, its config says what the run is.
 FROM_CONFIG = {"step": "step.name", "change": "step.change", "regime": "regime.name", "data": "data.name",
                "recipe": "recipe.name", "seed": "seed", "epochs": "recipe.epochs"}
@@ -136,6 +136,8 @@ def load(paths: Union[PathLike, Iterable[PathLike]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for column in NUMERIC_COLUMNS:  # None (a run without the figure) reads as NaN
         df[column] = pd.to_numeric(df[column], errors="coerce")
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce")  # a damaged seed is left out (its left_out says why)
+    df["left_out"] = df["left_out"].where(df["left_out"].notna(), foreign(df))
     extra = [k for k in keys if k not in RUN_COLUMNS]
     df = df[[*RUN_COLUMNS[:2], *extra, *RUN_COLUMNS[2:], *[c for c in df.columns if c.startswith(("factor.", "cfg."))]]]
     return df.sort_values(["study", *keys, "order", "seed"], kind="stable").reset_index(drop=True)
@@ -165,20 +167,54 @@ def _run_row(run: Path) -> Dict[str, Any]:
         if row[name] is None:
             row[name] = cfg.get(f"cfg.{key}")
     study, swept = layout(run, row["step"])
-    at_chance = status == "completed" and collapsed(row["top1"], cfg.get("cfg.data.num_classes"))
+    left_out = damage(row, status)
+    at_chance = not left_out and status == "completed" and collapsed(row["top1"], cfg.get("cfg.data.num_classes"))
     order = step_order(row["step"]) + design_order(row["step"], cfg.get("cfg.step.reference"))
-    return {**row, "status": status, "collapsed": at_chance, "study": study, "order": order, "run_dir": str(run),
-            "swept": swept, **cfg}
+    return {**row, "status": status, "collapsed": at_chance, "left_out": left_out, "study": study, "order": order,
+            "run_dir": str(run), "swept": swept, **cfg}
+
+
+def damage(row: Dict[str, Any], status: str) -> Optional[str]:
+    """Why a run's record cannot be averaged although its directory says it completed (a
+    seed that is not an integer, a top-1 that is not a finite number); None when it can."""
+    seed = row.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        return f"its seed {seed!r} is not an integer"
+    top1 = row.get("top1")
+    if status == "completed" and not (isinstance(top1, (int, float)) and not isinstance(top1, bool)
+                                      and np.isfinite(top1)):
+        return f"its top-1 {top1!r} is not a finite number"
+    return None
+
+
+def foreign(df: pd.DataFrame) -> pd.Series:
+    """Per run, why it does not belong with the others of its study and swept value: a
+    regime or data set other than theirs (the most common one); None where it belongs."""
+    out = pd.Series([None] * len(df), index=df.index, dtype=object)
+    keys = ["study", *swept_keys(df)]
+    for _, group in df.groupby(keys, sort=False, dropna=False):
+        for column in ("regime", "data"):
+            if column in keys[1:] or group[column].dropna().nunique() < 2:
+                continue
+            usual = group[column].mode().iloc[0]
+            odd = group.index[group[column].notna() & (group[column] != usual)]
+            out[odd] = [f"a {column} of {v} in a study of {usual}" for v in df.loc[odd, column]]
+    return out
 
 
 def averaged(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs that count: completed and not collapsed."""
-    return runs[(runs["status"] == "completed") & ~runs["collapsed"].fillna(False).astype(bool)]
+    """The runs that count: completed, not collapsed, and nothing in `left_out`."""
+    kept = runs["left_out"].isna() if "left_out" in runs else True
+    return runs[(runs["status"] == "completed") & ~runs["collapsed"].fillna(False).astype(bool) & kept]
 
 
 def outcome(runs: pd.DataFrame) -> pd.Series:
-    """Each run's status, reading `collapsed` for a completed run that ended at chance."""
-    return runs["status"].where(~runs["collapsed"].fillna(False).astype(bool), "collapsed")
+    """Each run's status, reading `collapsed` for a completed run that ended at chance and
+    'left out: <why>' for a run whose record cannot be averaged."""
+    status = runs["status"].where(~runs["collapsed"].fillna(False).astype(bool), "collapsed")
+    if "left_out" not in runs:
+        return status
+    return status.where(runs["left_out"].isna(), "left out: " + runs["left_out"].astype(str))
 
 
 def design_order(step: Optional[str], reference: Optional[str]) -> float:
@@ -357,7 +393,7 @@ def _footer(table: pd.DataFrame, runs: pd.DataFrame) -> List[str]:
         lines.append("1 seed: no spread or interval (the ± std and interval cells stay empty).")
     left = runs.drop(averaged(runs).index)
     if len(left):
-        names = ", ".join(f"{s} seed{k} ({st})" for s, k, st in zip(left["step"], left["seed"], outcome(left)))
+        names = ", ".join(f"{Path(r).parent.name} {Path(r).name} ({s})" for r, s in zip(left["run_dir"], outcome(left)))
         lines.append(f"Not averaged: {names}.")
     t = transfer(runs) if runs["seed"].notna().any() else None
     if t is not None:
@@ -392,29 +428,50 @@ def save_tables(
 ) -> Tuple[pd.DataFrame, str, List[Path]]:
     """Read a study and write table.md and table.csv (per swept value and step) and,
     `with_runs`, results.csv (one row per run) into `folder` (the study's root by default).
-    One process at a time, each file replaced atomically: what is written is always the
-    run directories as they were when it was written, whichever sweep writes last.
+    One process at a time (a lock in `folder`: the study itself may be read-only), each file
+    replaced atomically: what is written is always the run directories as they were when it
+    was written, whichever sweep writes last. A file whose content would not change is not
+    rewritten; ResultsError (one line, naming the path) when a write fails, a full disk say.
     Returns the runs, the Markdown and the paths."""
     folder = Path(folder or study)
-    with rundir.exclusive(Path(study) / TABLES_LOCK):
-        runs = load(study)
-        table = step_table(runs)
-        text = markdown_table(table, runs)
-        keys = [k for k in swept_keys(runs) if k not in TABLE_COLUMNS]
-        files = {
-            folder / "table.md": text + "\n",
-            folder / "table.csv": table[[*keys, *TABLE_COLUMNS]].to_csv(index=False) if not table.empty else "",
-        }
-        if with_runs:
-            files[folder / "results.csv"] = runs[[c for c in runs.columns if not c.startswith("cfg.")]].to_csv(
-                index=False
-            )
-        for path, content in files.items():
+    run_dirs(study)  # a study that does not exist is named, before anything is written
+    try:
+        with rundir.exclusive(folder / TABLES_LOCK):
+            return _write_tables(study, folder, with_runs)
+    except OSError as e:
+        raise ResultsError(
+            f"cannot write the tables of {study} into {folder} ({e.strerror or e}): free space there, or write them "
+            "elsewhere (analysis.plots --out)"
+        ) from e
+
+
+def _write_tables(study: PathLike, folder: Path, with_runs: bool) -> Tuple[pd.DataFrame, str, List[Path]]:
+    runs = load(study)
+    table = step_table(runs)
+    text = markdown_table(table, runs)
+    keys = [k for k in swept_keys(runs) if k not in TABLE_COLUMNS]
+    files = {
+        folder / "table.md": text + "\n",
+        folder / "table.csv": table[[*keys, *TABLE_COLUMNS]].to_csv(index=False) if not table.empty else "",
+    }
+    if with_runs:
+        files[folder / "results.csv"] = runs[[c for c in runs.columns if not c.startswith("cfg.")]].to_csv(index=False)
+    for path, content in files.items():
+        if not (path.is_file() and path.read_bytes() == content.encode()):
             rundir.atomic_write(path, content.encode())
     return runs, text, list(files)
 
 
 TABLES_LOCK = ".tables.lock"
+
+
+def writable(folder: PathLike) -> bool:
+    """Whether `folder` exists or can be made, and takes a file (a read-only mount does not)."""
+    try:
+        rundir.check_writable(Path(folder))
+        return True
+    except rundir.RunDirError:
+        return False
 
 
 def design_of(runs: pd.DataFrame) -> str:

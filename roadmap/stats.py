@@ -226,19 +226,19 @@ class Effect:
 def main_effects(x: np.ndarray, y: np.ndarray, names: Sequence[str], level: float = LEVEL) -> List[Effect]:
     """Ordinary least squares of y on an intercept and the columns of x (factor indicators,
     and any covariate): each column's coefficient with its t-interval (n - p - 1 degrees of
-    freedom). Columns that never vary get nan."""
+    freedom). Columns that never vary get nan, and every column does when there are no more
+    rows than terms (nothing can be estimated)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     varies = x.std(axis=0) > 0
     design = np.column_stack([np.ones(len(y)), x[:, varies]])
     dof = len(y) - design.shape[1]
+    if dof < 1:  # no more networks than terms: the fit passes through every point and estimates nothing
+        return [Effect(name, math.nan, math.nan, math.nan) for name in names]
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    if dof < 1:
-        se = np.full(len(coef), np.nan)
-    else:
-        sigma2 = float(((y - design @ coef) ** 2).sum()) / dof
-        se = np.sqrt(np.diag(sigma2 * np.linalg.pinv(design.T @ design)))
-    half = stats.t.ppf(0.5 + level / 2, max(dof, 1)) * se
+    sigma2 = float(((y - design @ coef) ** 2).sum()) / dof
+    se = np.sqrt(np.diag(sigma2 * np.linalg.pinv(design.T @ design)))
+    half = stats.t.ppf(0.5 + level / 2, dof) * se
     out, k = [], 1
     for name, v in zip(names, varies):
         if v:

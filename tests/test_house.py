@@ -20,8 +20,8 @@ LAYERS = [
     {"augment"},
     {"data"},
     {"config"},
-    {"steps", "engine", "loggers", "cli", "results", "wall_time", "designs"},
-    {"train", "inspect"},
+    {"steps", "engine", "loggers", "cli", "results", "wall_time", "designs", "timm_models"},
+    {"train", "inspect", "export"},
     {"sweep", "bench"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -69,7 +69,7 @@ def test_no_function_is_much_over_50_lines():
 CONFIGS = ["roadmap.model:ModelConfig", "roadmap.recipe:RecipeConfig", "roadmap.data:DataConfig",
            "roadmap.config:RunConfig", "roadmap.config:StepConfig", "roadmap.config:RegimeConfig",
            "roadmap.config:TrainConfig", "roadmap.config:LoggerConfig", "roadmap.rundir:RunSummary",
-           "roadmap.rundir:EpochRecord"]
+           "roadmap.rundir:EpochRecord", "roadmap.export:ExportConfig", "roadmap.export:Exporter"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -88,7 +88,7 @@ def test_one_name_per_quantity_from_the_run_record_to_the_results_table():
 
     summary = {f.name for f in dataclasses.fields(RunSummary)}
     assert {"top1", "top5", "images_per_s"} <= summary & {f.name for f in dataclasses.fields(EpochRecord)}
-    besides = {"study", "swept", "order", "run_dir", "collapsed"}  # where a run sits; the at-chance judgement
+    besides = {"study", "swept", "order", "run_dir", "collapsed", "left_out"}  # where a run sits; the judgements
     assert set(R.RUN_COLUMNS) - besides <= summary
 
 
