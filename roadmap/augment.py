@@ -14,20 +14,30 @@ them in one tensor operation, on uint8 values held in a float tensor:
 - normalization, then random erasing (timm's per-pixel noise, one box per image).
 MixUp and CutMix are torchvision's v2 transforms, one mixing weight per batch, as in
 the paper (timm's batch mode).
+
+Every draw is made on the host, from one CPU generator, before any image is touched
+(`BatchAugment.draw`): a GPU never waits on a draw, and the CPU path draws exactly what
+it always drew. What the device needs from the draws (crop matrices, the op order,
+RandAugment's arguments, the erased boxes) travels in one pinned, non-blocking copy
+(`send`); on a GPU the erasing noise is drawn there, from a generator seeded by one draw.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from roadmap.errors import ConfigError
-from roadmap.randaugment import Policy, RandAugment, fill_colour
+from roadmap.randaugment import Policy, RandAugment, Slot, fill_colour
 from roadmap.recipe import RecipeConfig
+
 
 def _first_valid(valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Index of the first True of each row, and whether a row has any."""
@@ -88,29 +98,127 @@ def warp(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
     return F.grid_sample(x, torch.stack([gx, gy], -1), mode=mode, padding_mode="zeros", align_corners=False)
 
 
+@dataclass
+class Erase:
+    """The erasing drawn for a batch: which images, their boxes, and their noise."""
+
+    rows: torch.Tensor
+    """The images erased (indices into the batch)."""
+    boxes: torch.Tensor
+    """Their boxes (rows, 4): top, left, h, w."""
+    noise: Optional[torch.Tensor] = None
+    """Normal noise (rows, C, H, W) drawn on the host (CPU runs); None: drawn on the device from `seed`."""
+    seed: int = 0
+    """Seeds the device's noise generator (drawn from the host generator where noise is None)."""
+
+
+def draw_erasing(n: int, shape: Sequence[int], p: float, g: torch.Generator, on_host: bool = True,
+                 scale=(0.02, 1 / 3), ratio=(0.3, 3.3)) -> Optional[Erase]:
+    """timm's RandomErasing draws (mode 'pixel', one box): with probability p per image, a box
+    of random area and aspect; the noise that fills it on the host, or a seed for the device's.
+    `shape` is an image's (C, H, W); None where no image is erased."""
+    c, h, w = shape
+    apply = torch.rand(n, generator=g) < p
+    if not apply.any():
+        return None
+    boxes, ok = _draw_boxes(n, h, w, scale, ratio, g, aspect_on_width=False, strict=True)
+    chosen = (apply & ok).nonzero().squeeze(1)
+    if not len(chosen):
+        return None
+    if on_host:
+        return Erase(chosen, boxes[chosen], torch.randn((len(chosen), c, h, w), generator=g))
+    return Erase(chosen, boxes[chosen], seed=int(torch.randint(2**62, (), generator=g)))
+
+
+def apply_erasing(x: torch.Tensor, erase: Optional[Erase]) -> torch.Tensor:
+    """The drawn boxes of x filled with their noise, in place."""
+    if erase is None:
+        return x
+    _, _, h, w = x.shape
+    top, left, bh, bw = erase.boxes.to(x.device).unbind(1)
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    inside_y = (ys >= top.view(-1, 1, 1)) & (ys < (top + bh).view(-1, 1, 1))
+    inside_x = (xs >= left.view(-1, 1, 1)) & (xs < (left + bw).view(-1, 1, 1))
+    mask = (inside_y & inside_x).unsqueeze(1)
+    d = erase.rows.to(x.device)
+    shape = (len(d), *x.shape[1:])
+    if erase.noise is not None:
+        noise = erase.noise.to(x.device, x.dtype)
+    else:
+        noise = torch.randn(shape, generator=_generator(x.device, erase.seed), device=x.device, dtype=x.dtype)
+    x[d] = torch.where(mask, noise, x[d])
+    return x
+
+
+def _generator(device: torch.device, seed: int) -> Optional[torch.Generator]:
+    """A generator of the device's own, seeded; None on the meta device (shapes only, no values)."""
+    if device.type == "meta":
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def random_erasing(
     x: torch.Tensor, p: float, g: torch.Generator, scale=(0.02, 1 / 3), ratio=(0.3, 3.3)
 ) -> torch.Tensor:
     """timm's RandomErasing (mode 'pixel', one box): with probability p per image, a box
     of random area and aspect filled with normal noise, on normalized images."""
-    n, _, h, w = x.shape
-    apply = torch.rand(n, generator=g) < p
-    if not apply.any():
-        return x
-    boxes, ok = _draw_boxes(n, h, w, scale, ratio, g, aspect_on_width=False, strict=True)
-    chosen = (apply & ok).nonzero().squeeze(1)
-    if not len(chosen):
-        return x
-    top, left, bh, bw = boxes[chosen].unbind(1)
-    ys = torch.arange(h).view(1, h, 1)
-    xs = torch.arange(w).view(1, 1, w)
-    inside_y = (ys >= top.view(-1, 1, 1)) & (ys < (top + bh).view(-1, 1, 1))
-    inside_x = (xs >= left.view(-1, 1, 1)) & (xs < (left + bw).view(-1, 1, 1))
-    mask = (inside_y & inside_x).unsqueeze(1).to(x.device)
-    noise = torch.randn((len(chosen), *x.shape[1:]), generator=g).to(x.device, x.dtype)
-    d = chosen.to(x.device)
-    x[d] = torch.where(mask, noise, x[d])
-    return x
+    erase = draw_erasing(len(x), x.shape[1:], p, g, x.device.type == "cpu", scale, ratio)
+    return apply_erasing(x, send(erase, x.device))
+
+
+@dataclass
+class Draws:
+    """Every random draw of one batch (BatchAugment.draw), and what the device needs of them."""
+
+    theta: Optional[torch.Tensor] = None
+    """Crop and flip: one affine matrix per image (N, 2, 3), for `warp`."""
+    flip: Optional[torch.Tensor] = None
+    """Flip only (whole-image crops): which images are mirrored (N, 1, 1, 1)."""
+    randaugment: List[Slot] = field(default_factory=list)
+    """RandAugment's slots (randaugment.RandAugment.plan)."""
+    erase: Optional[Erase] = None
+    """Random erasing's draws."""
+
+
+# ----------------------------------------------------------------------------- one copy to the device
+
+
+def send(draws: Any, device: torch.device, pack: Optional[bool] = None) -> Any:
+    """`draws` (a dataclass, list or tensor, nested) with its tensors on `device`, all in one
+    copy: packed into one host buffer (pinned for CUDA), sent non-blocking, unpacked as views
+    of the device's copy. `pack` None: the same object, untouched, where the device is the CPU."""
+    if not (pack if pack is not None else device.type != "cpu"):
+        return draws
+    tensors: List[torch.Tensor] = []
+    _visit(draws, tensors.append)
+    if not tensors:
+        return draws
+    on_device = iter(_one_copy(tensors, device))
+    return _visit(draws, lambda t: next(on_device))
+
+
+def _one_copy(tensors: List[torch.Tensor], device: torch.device, align: int = 16) -> List[torch.Tensor]:
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + -(-size // align) * align)
+    host = torch.empty(starts[-1], dtype=torch.uint8, pin_memory=device.type == "cuda")
+    for t, start, size in zip(tensors, starts, sizes):
+        host[start : start + size] = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    sent = host.to(device, non_blocking=True)
+    return [sent[start : start + size].view(t.dtype).view(t.shape) for t, start, size in zip(tensors, starts, sizes)]
+
+
+def _visit(obj: Any, fn) -> Any:
+    """obj with fn applied to each of its tensors, in a fixed order (dataclasses, lists, tuples)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_visit(v, fn) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _visit(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)})
+    return obj
 
 
 class BatchAugment:
@@ -178,20 +286,34 @@ class BatchAugment:
     def per_image(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Everything drawn per image, from `g`: crop, flip, RandAugment, normalization, erasing."""
         x = images.float()
-        n, _, h, w = x.shape
+        return self.apply(x, send(self.draw(x.shape, g, x.device), x.device))
+
+    def draw(self, shape: Sequence[int], g: torch.Generator, device: torch.device) -> Draws:
+        """Every draw for a batch of `shape` (N, C, H, W), on the host, in the pipeline's order."""
+        n, c, h, w = shape
+        out = Draws()
         if self.crop and self.crop_scale != (1.0, 1.0):
             boxes = sample_boxes(n, h, w, self.crop_scale, (3 / 4, 4 / 3), g)
             flip = torch.rand(n, generator=g) < self.hflip
-            x = warp(x, crop_flip_theta(boxes, flip, h, w), self.interpolation).round_().clamp_(0, 255)
+            out.theta = crop_flip_theta(boxes, flip, h, w)
         elif self.crop and self.hflip > 0:  # whole-image "crops": flip only, no resampling
-            flip = (torch.rand(n, generator=g) < self.hflip).view(-1, 1, 1, 1).to(x.device)
-            x = torch.where(flip, x.flip(-1), x)
+            out.flip = (torch.rand(n, generator=g) < self.hflip).view(-1, 1, 1, 1)
         if self.randaugment is not None:
-            x = self.randaugment(x, g)
-        x = normalize(x.div_(255), self.mean, self.std)
+            out.randaugment = self.randaugment.plan(n, g, h, w)
         if self.erasing > 0:
-            x = random_erasing(x, self.erasing, g)
-        return x
+            out.erase = draw_erasing(n, (c, h, w), self.erasing, g, on_host=device.type == "cpu")
+        return out
+
+    def apply(self, x: torch.Tensor, d: Draws) -> torch.Tensor:
+        """The drawn augmentation on float images x (uint8 values): normalized images."""
+        if d.theta is not None:
+            x = warp(x, d.theta, self.interpolation).round_().clamp_(0, 255)
+        elif d.flip is not None:
+            x = torch.where(d.flip.to(x.device), x.flip(-1), x)
+        if self.randaugment is not None:
+            x = self.randaugment.apply_plan(x, d.randaugment)
+        x = normalize(x.div_(255), self.mean, self.std)
+        return apply_erasing(x, d.erase)
 
     def mix_batch(self, x: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """MixUp or CutMix (torchvision's, torch's global RNG) and soft targets."""
@@ -201,7 +323,15 @@ class BatchAugment:
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
+    """(x - mean) / std per channel; the statistics are copied to x's device once, then kept."""
+    m, s = _stats_on(x.device, x.dtype, tuple(mean.flatten().tolist()), tuple(std.flatten().tolist()))
+    return (x - m) / s
+
+
+@functools.lru_cache(maxsize=16)
+def _stats_on(device: torch.device, dtype: torch.dtype, mean: Tuple[float, ...], std: Tuple[float, ...]):
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return m.to(device, dtype), s.to(device, dtype)
 
 
 def prepare_eval(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

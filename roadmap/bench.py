@@ -232,17 +232,16 @@ class Runner:
         return (time.perf_counter() - t) / iters
 
     def peak_memory_mb(self) -> float:
-        """Peak memory of one training step: what is live before it (weights, optimizer
-        state, batch) plus the most it allocates on top (activations, gradients)."""
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.train_step()
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        """Peak memory of one training step of this network alone: what of it is live before
+        the step (weights, optimizer state, batch) plus the most the step allocates on top
+        (activations, gradients). Other networks held on the same device do not count."""
         live = (
             sum(t.numel() * t.element_size() for t in _tensors(self.model, self.optimizer))
             + self.x.nbytes
             + self.y.nbytes
         )
+        if self.device.type == "cuda":
+            return (live + cuda_step_growth(self.train_step, self.device)) / 2**20
         return (live + cpu_step_growth(self.train_step)) / 2**20
 
 
@@ -251,6 +250,17 @@ def _tensors(model: nn.Module, optimizer: torch.optim.Optimizer):
     yield from model.buffers()
     for state in optimizer.state.values():
         yield from (v for v in state.values() if torch.is_tensor(v))
+
+
+def cuda_step_growth(fn: Callable[[], None], device: torch.device) -> int:
+    """The most bytes CUDA's allocator holds during `fn` on top of what it held when `fn`
+    began: the peak is reset, and what was allocated before (other networks) subtracted."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def cpu_step_growth(fn: Callable[[], None]) -> int:

@@ -144,6 +144,10 @@ class TrainConfig:
     """auto (CUDA when there is a GPU, else the CPU), cpu or cuda."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on the CPU)."""
+    tf32: bool = True
+    """On CUDA, float32 matrix products and convolutions in TF32 (Ampere and newer; torchvision's
+    default for convolutions): what runs outside bf16 autocast, and all of train.bf16=false.
+    false: full float32. Ignored on the CPU."""
     channels_last: bool = True
     """channels-last memory layout, on the CPU too (faster for the micro steps with BatchNorm: BENCHMARKS.md)."""
     compile: bool = False
@@ -183,6 +187,23 @@ class LoggerConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a sweep shares its runs with other sweeps; nothing here changes what a run computes."""
+
+    lock: str = "run"
+    """Where each run's lock lives, held (flock) by the process that trains it, so that two
+    sweeps never train one run. run: the run directory's .lock (the study's filesystem must
+    lock). An absolute directory on a disk that locks: one lock file per run there (it guards
+    against sweeps on this machine only). none: no lock; start one sweep at a time."""
+
+    def __post_init__(self) -> None:
+        if self.lock not in ("run", "none") and not Path(self.lock).expanduser().is_absolute():
+            raise ConfigError(
+                f"sweep.lock={self.lock} is not valid: use run, none, or an absolute directory for the locks"
+            )
+
+
+@dataclass
 class RunConfig:
     """Everything a run is: its step, the regime's sizes, the data, the network, the
     recipe, how it uses the machine, where it logs, its seed and its study."""
@@ -203,6 +224,8 @@ class RunConfig:
     """Where epochs are logged besides the run directory."""
     design: Optional[DesignConfig] = None
     """The sweep's design (+design=<name>), recorded with each of its runs."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """How a sweep shares its runs with other sweeps (sweep.lock)."""
     seed: int = 0
     """Seeds the network's init, the data order, every augmentation draw and stochastic depth."""
     study: str = "${data.name}_${regime.name}"

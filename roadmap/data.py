@@ -325,8 +325,7 @@ def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float], hflip: flo
         v2.Resize(int(round(size / 0.875)), interpolation=mode, antialias=True),
         v2.CenterCrop(size),
     ])
-    mode = "L" if cfg.channels == 1 else "RGB"
-    loader = lambda p: datasets.folder.default_loader(p).convert(mode)  # noqa: E731
+    loader = ImageLoader("L" if cfg.channels == 1 else "RGB")
     train = datasets.ImageFolder(str(root / "train"), transform=train_tf, loader=loader)
     val = datasets.ImageFolder(str(root / "val"), transform=val_tf, loader=loader)
     if len(train.classes) != cfg.num_classes:
@@ -340,6 +339,21 @@ def folder_datasets(cfg: DataConfig, crop_scale: Tuple[float, float], hflip: flo
     if cfg.test_limit:
         val = torch.utils.data.Subset(val, list(range(min(cfg.test_limit, len(val)))))
     return train, val
+
+
+@dataclass(frozen=True)
+class ImageLoader:
+    """Reads one image file in `mode` (L or RGB). A class, not a closure, so that datasets
+    pickle: DataLoader workers started by spawn or forkserver (Python 3.14's default) get
+    the dataset pickled."""
+
+    mode: str
+    """PIL's mode the image is converted to."""
+
+    def __call__(self, path: str):
+        from torchvision.datasets.folder import default_loader
+
+        return default_loader(path).convert(self.mode)
 
 
 # ----------------------------------------------------------------------------- batches of a run
@@ -384,8 +398,8 @@ class Data:
         sampler.set_epoch(epoch)
         yield from torch.utils.data.DataLoader(
             self.train, self.batch, sampler=sampler, num_workers=self.cfg.workers, drop_last=True,
-            pin_memory=self.machine.cuda, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, rank)),
-        )
+            pin_memory=self.machine.cuda, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 2 * rank)),
+        )  # one loader per epoch: its workers' crops derive from (seed, epoch, rank), as engine.epoch_streams
 
     def augmented_batches(
         self, epoch: int, seed: int, g: torch.Generator
@@ -405,7 +419,7 @@ class Data:
                 yield self.test.images[b : b + 1024], self.test.labels[b : b + 1024]
             return
         shard = torch.utils.data.Subset(self.test, list(range(rank, len(self.test), world)))
-        yield from torch.utils.data.DataLoader(shard, 256, num_workers=self.cfg.workers)
+        yield from torch.utils.data.DataLoader(shard, 256, num_workers=self.cfg.workers, pin_memory=self.machine.cuda)
 
 
 if __name__ == "__main__":  # `make data` where apt-get cannot run: torchvision's download into data/

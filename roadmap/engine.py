@@ -16,7 +16,7 @@ from torch import nn
 
 from roadmap.config import RunConfig
 from roadmap.data import Data, epoch_seed
-from roadmap.machine import Machine, all_sum, autocast
+from roadmap.machine import Machine, all_mean, all_sum, autocast
 from roadmap.model import ConvNet
 from roadmap.recipe import build_optimizer, build_scheduler
 
@@ -85,7 +85,7 @@ def build_state(run: RunConfig, machine: Machine, steps_per_epoch: int) -> Train
     ema = build_ema(model, run.recipe.ema_decay) if run.recipe.ema else None
     net = model
     if machine.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[machine.local_rank] if machine.cuda else None)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[machine.device.index] if machine.cuda else None)
     if run.train.compile:
         net = torch.compile(net)
     return TrainState(model, net, optimizer, scheduler, ema, autocast(machine.device, run.train.bf16))
@@ -102,10 +102,12 @@ class EpochStats:
 
 
 def train_one_epoch(state: TrainState, data: Data, run: RunConfig, epoch: int, show_progress: bool) -> EpochStats:
-    """One pass over the training set; raises Diverged at a NaN or infinite loss."""
+    """One pass over the training set; raises Diverged at a NaN or infinite loss (on every
+    process at once: the loss is the mean over processes)."""
     machine = data.machine
-    torch.manual_seed(epoch_seed(run.seed, epoch, machine.rank))  # stochastic depth, MixUp/CutMix
-    augment_rng = torch.Generator().manual_seed(epoch_seed(run.seed, epoch, machine.rank) + 1)
+    model_seed, augment_seed = epoch_streams(run.seed, epoch, machine.rank)
+    torch.manual_seed(model_seed)  # stochastic depth, MixUp/CutMix
+    augment_rng = torch.Generator().manual_seed(augment_seed)
     steps = data.steps_per_epoch()
     batches = _progress(data.augmented_batches(epoch, run.seed, augment_rng), steps,
                         f"epoch {epoch + 1}/{run.recipe.epochs}", show_progress)
@@ -129,20 +131,31 @@ def train_one_epoch(state: TrainState, data: Data, run: RunConfig, epoch: int, s
     )
 
 
+def epoch_streams(seed: int, epoch: int, rank: int) -> Tuple[int, int]:
+    """The seeds of a rank's two streams in an epoch: torch's global generator (stochastic
+    depth, MixUp/CutMix) and the augmentation's. Rank r takes the slots 2r and 2r + 1 of the
+    epoch's, so that no rank's stream is its neighbour's (up to 504 ranks); rank 0's are what
+    a single process always drew."""
+    base = epoch_seed(seed, epoch, 2 * rank)
+    return base, base + 1
+
+
 def optimizer_step(state: TrainState, x: torch.Tensor, target: torch.Tensor, run: RunConfig, world: int) -> float:
     """Forward and backward over the batch's device-sized slices (gradient accumulation,
-    DDP syncing on the last), then one step of the optimizer, schedule and EMA: the loss."""
+    DDP syncing on the last), then one step of the optimizer, schedule and EMA: the loss,
+    read from the device once per step (the mean over processes under DDP)."""
     recipe = run.recipe
     _, accum, micro = recipe.split(world)
     smoothing = recipe.scaled(recipe.label_smoothing)
-    loss_sum = 0.0
+    losses = []
     for i in range(accum):
         part = slice(i * micro, (i + 1) * micro)
         sync = contextlib.nullcontext() if (i == accum - 1 or world == 1) else state.net.no_sync()
         with sync, state.forward_format():
             loss = F.cross_entropy(state.net(x[part]).float(), target[part], label_smoothing=smoothing)
             (loss / accum).backward()
-        loss_sum += loss.item() / accum
+        losses.append(loss.detach())
+    loss_sum = step_loss(losses, world)
     if not math.isfinite(loss_sum):
         return loss_sum
     if recipe.clip_grad:
@@ -153,6 +166,14 @@ def optimizer_step(state: TrainState, x: torch.Tensor, target: torch.Tensor, run
     if state.ema is not None:
         state.ema.update_parameters(state.model)
     return loss_sum
+
+
+def step_loss(losses, world: int) -> float:
+    """The mean of a step's micro-batch losses: summed on the host in order, as one process
+    always summed them; under DDP on the device, then the mean over processes."""
+    if world == 1:
+        return sum(v / len(losses) for v in torch.stack(losses).tolist())
+    return all_mean(torch.stack(losses).double().mean())
 
 
 @torch.no_grad()
@@ -170,12 +191,12 @@ def evaluate(
             x = prepare_eval(images.to(data.device, non_blocking=True), data.cfg.mean, data.cfg.std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(data.device)
+            labels = labels.to(data.device, non_blocking=True)
             top = model(x).float().topk(k, 1).indices
-            correct1 += (top[:, 0] == labels).sum().item()
-            correct5 += (top == labels[:, None]).any(1).sum().item()
+            correct1 += (top[:, 0] == labels).sum()  # counted on the device, read once at the end
+            correct5 += (top == labels[:, None]).any(1).sum()
             total += len(labels)
-    correct1, correct5, total = all_sum([correct1, correct5, total], data.device)
+    correct1, correct5, total = all_sum([float(correct1), float(correct5), total], data.device)
     model.train()
     return 100.0 * correct1 / max(total, 1), 100.0 * correct5 / max(total, 1)
 

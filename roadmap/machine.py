@@ -1,6 +1,6 @@
-"""The machine a run trains on: its processes (DDP, from torchrun's variables), its
-device and number format, and what a run's summary records about it (library versions,
-code version, peak memory). The trainer and the benchmark share these."""
+"""The machine a run trains on: its processes (DDP, from torchrun's or SLURM's variables),
+its device and number format, and what a run's summary records about it (library
+versions, code version, peak memory). The trainer and the benchmark share these."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import contextlib
 import ctypes
 import os
 import platform
+import random
+import re
 import resource
 import subprocess
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -46,15 +48,29 @@ class Machine:
         return self.device.type == "cuda"
 
 
-def setup(kind: Device, threads: int = 0) -> Machine:
-    """The processes (DDP under torchrun), the device and the CPU threads of a run."""
+def setup(kind: Device, threads: int = 0, tf32: bool = True) -> Machine:
+    """The processes (DDP under torchrun or srun), the device and the CPU threads of a run;
+    on CUDA, cuDNN's autotuner, TF32 as `tf32` says, and a fresh peak-memory count."""
     rank, world, local_rank = setup_distributed(kind)
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(kind, local_rank)
     if device.type == "cpu":
         keep_freed_memory()
+    else:
+        tune_cuda(tf32)
+        torch.cuda.reset_peak_memory_stats(device)
     return Machine(rank, world, local_rank, device)
+
+
+def tune_cuda(tf32: bool) -> None:
+    """cuDNN picks the fastest convolution for each shape (the shapes of a run are fixed), as
+    the official ConvNeXt code, timm and torchvision's reference do; float32 matrix products
+    and convolutions use TF32 on Ampere and newer where `tf32` (torchvision's default for
+    convolutions), full float32 where not. bf16 autocast is unaffected."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 # glibc's mallopt parameters (malloc.h) and the sizes we give them
@@ -79,17 +95,61 @@ def keep_freed_memory() -> bool:
 
 
 def setup_distributed(kind: Device) -> Tuple[int, int, int]:
-    """(rank, world size, local rank), from torchrun's environment; (0, 1, 0) without it.
-    The process group is set up once per process and serves every run it trains."""
+    """(rank, world size, local rank), from torchrun's environment or an srun step's
+    (SLURM's variables exported as torchrun's); (0, 1, 0) without either. The process group
+    is set up once per process and serves every run it trains."""
+    export_srun_environment()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         cuda = kind is not Device.cpu and torch.cuda.is_available()
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # before NCCL picks a device
+            torch.cuda.set_device(device_index(local_rank))  # before NCCL picks a device
         dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def device_index(local_rank: int) -> int:
+    """The GPU of a process: its local rank among the GPUs it sees. Where a site binds one
+    GPU per task (each task sees one), that is GPU 0 for every task, as torchvision's
+    reference does (rank % device_count)."""
+    return local_rank % max(torch.cuda.device_count(), 1)
+
+
+def srun_ranks(env: Mapping[str, str]) -> Optional[Dict[str, str]]:
+    """torchrun's variables for one task of an srun step with several tasks, from SLURM's:
+    RANK from SLURM_PROCID, WORLD_SIZE from SLURM_NTASKS (the step's, SLURM_STEP_NUM_TASKS,
+    where srun gives it), LOCAL_RANK from SLURM_LOCALID, MASTER_ADDR the step's first node,
+    MASTER_PORT from the job id (as submitit picks it). None outside such a step: under
+    torchrun, outside SLURM, with one task, and in a batch script (no SLURM_STEP_ID), whose
+    SLURM_NTASKS counts tasks it has not started."""
+    world = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1")
+    if "WORLD_SIZE" in env or "SLURM_STEP_ID" not in env or world <= 1:
+        return None
+    nodes = first_node(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "localhost")
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": str(world), "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+            "LOCAL_WORLD_SIZE": str(world // max(int(env.get("SLURM_STEP_NUM_NODES", "1")), 1)),
+            "MASTER_ADDR": env.get("MASTER_ADDR", nodes),
+            "MASTER_PORT": env.get("MASTER_PORT", str(_port(env.get("SLURM_JOB_ID", "0"))))}
+
+
+def _port(job_id: str) -> int:
+    """A port every task of a job derives alike from its id, as submitit's does."""
+    return random.Random(job_id).randint(20000, 60000)
+
+
+def first_node(nodelist: str) -> str:
+    """The first host of a SLURM node list: gpu[07-08,11],cpu1 -> gpu07."""
+    m = re.match(r"([^,\[]+)(?:\[([^\],-]+))?", nodelist)
+    return (m[1] + (m[2] or "")) if m else nodelist
+
+
+def export_srun_environment() -> None:
+    """Under plain `srun` with several tasks, export torchrun's variables from SLURM's, so
+    that the tasks train one run together with DDP (submitit and torchrun set their own)."""
+    os.environ.update(srun_ranks(os.environ) or {})
 
 
 def shutdown_distributed() -> None:
@@ -99,7 +159,9 @@ def shutdown_distributed() -> None:
 
 def is_main_process() -> bool:
     """Rank 0 of a distributed run (or the only process): the one that writes and reports."""
-    return (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK") or (srun_ranks(os.environ) or {}).get("RANK", "0")) == 0
 
 
 def from_main_process(value: Any) -> Any:
@@ -115,8 +177,9 @@ def pick_device(kind: Device, local_rank: int) -> torch.device:
     if kind is Device.cuda or (kind is Device.auto and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is visible: use train.device=cpu or auto")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        index = device_index(local_rank)
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
@@ -137,13 +200,24 @@ def all_sum(values: List[float], device: torch.device) -> List[float]:
 
 
 def in_sync(model: torch.nn.Module) -> bool:
-    """Whether every process holds the same weights (DDP keeps them so)."""
-    vec = torch.cat(
-        [p.detach().float().flatten() for p in model.parameters()]
-    )  # on the model's device: NCCL needs CUDA
-    gathered: List[torch.Tensor] = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, vec)
-    return all(torch.equal(g, vec) for g in gathered)
+    """Whether every process holds the same weights (DDP keeps them so): the element-wise
+    maximum and minimum over processes are equal, in two all-reduces of one copy each of
+    the weights (no process gathers every process's weights)."""
+    vec = torch.cat([p.detach().float().flatten() for p in model.parameters()])  # on the model's device: NCCL
+    high, low = vec.clone(), vec.clone()
+    dist.all_reduce(high, dist.ReduceOp.MAX)
+    dist.all_reduce(low, dist.ReduceOp.MIN)
+    return bool(torch.equal(high, low))
+
+
+def all_mean(value: torch.Tensor) -> float:
+    """The mean over processes of a scalar tensor on the model's device, in one all-reduce
+    and one read. A value that is not finite on one process is not finite on all of them, so
+    that every process takes the same branch (one that left alone would hang the others in
+    their next collective until the timeout)."""
+    total = value.detach().double().reshape(1)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -19,10 +19,11 @@ tests compare every op with timm's on real images (tests/test_randaugment.py).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from dataclasses import dataclass, replace
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -313,12 +314,14 @@ def _cubic(v1, v2, v3, v4, d):
     return p4.mul_(d).add_(p3).mul_(d).add_(p2).mul_(d).add_(v2)
 
 
-def resample(x: torch.Tensor, matrix: torch.Tensor, fill: Sequence[float], mode: str = "bicubic") -> torch.Tensor:
+def resample(x: torch.Tensor, matrix: torch.Tensor, fill: Sequence[float], mode: str = "bicubic",
+             moves: Optional[Tuple[bool, bool]] = None) -> torch.Tensor:
     """Image.transform(size, AFFINE, matrix, resample, fillcolor) for a batch: float64 as PIL,
     edge pixels clamped, samples outside the image filled, values clipped and truncated.
     All taps come from one gather; the cubic is PIL's, evaluated in PIL's order. An axis the
     matrix leaves alone (shears and translations move along one axis) samples pixel centres,
-    where PIL's filter weighs the centre tap 1 exactly: one tap there instead of four."""
+    where PIL's filter weighs the centre tap 1 exactly: one tap there instead of four.
+    `moves` (along x, along y) as `moves_along` gives it, for a matrix already on the device."""
     n, c, h, w = x.shape
     a = matrix.to(x.device).view(n, 6, 1, 1)
     ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float64) + 0.5,
@@ -329,7 +332,7 @@ def resample(x: torch.Tensor, matrix: torch.Tensor, fill: Sequence[float], mode:
     sx, sy = sx - 0.5, sy - 0.5
     x0, y0 = torch.floor(sx), torch.floor(sy)
     dx, dy = sx - x0, sy - y0
-    moves_x, moves_y = _moves(matrix[:, :3], (1.0, 0.0, 0.0)), _moves(matrix[:, 3:], (0.0, 1.0, 0.0))
+    moves_x, moves_y = moves if moves is not None else moves_along(matrix)
     taps = range(-1, 3) if mode == "bicubic" else range(0, 2)
     x_taps, y_taps = (taps if moves_x else range(1)), (taps if moves_y else range(1))
     rows = torch.stack([(y0 + j).clamp(0, h - 1) for j in y_taps], 1).long() * w  # (n, k, h, w)
@@ -343,8 +346,18 @@ def resample(x: torch.Tensor, matrix: torch.Tensor, fill: Sequence[float], mode:
     v = _interpolate(mode, [column(i) for i in x_taps], dx.view(n, 1, 1, h, w)) if moves_x else column(0)
     v = _interpolate(mode, v.unbind(2), dy.view(n, 1, h, w)) if moves_y else v[:, :, 0]
     v = torch.trunc(v.clamp(0, 255))
-    fill_value = torch.tensor(list(fill), dtype=torch.float64, device=x.device).view(1, c, 1, 1)
-    return torch.where(inside.unsqueeze(1), v, fill_value).to(x.dtype)
+    return torch.where(inside.unsqueeze(1), v, _fill_value(tuple(fill), x.device)).to(x.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _fill_value(fill: Tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The fill colour as a (1, C, 1, 1) float64 tensor on `device`, copied there once."""
+    return torch.tensor(list(fill), dtype=torch.float64).view(1, -1, 1, 1).to(device)
+
+
+def moves_along(matrix: torch.Tensor) -> Tuple[bool, bool]:
+    """Whether the affine matrices (n, 6) move any image along x, along y (read on the host)."""
+    return _moves(matrix[:, :3], (1.0, 0.0, 0.0)), _moves(matrix[:, 3:], (0.0, 1.0, 0.0))
 
 
 def _moves(rows: torch.Tensor, identity: Tuple[float, float, float]) -> bool:
@@ -410,28 +423,82 @@ class RandAugment:
         return resample(x, torch.cat(matrices), self.fill, self.interpolation)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return self.apply_plan(x, self.plan(len(x), g, x.shape[-2], x.shape[-1]))
+
+    def plan(self, n: int, g: torch.Generator, height: int, width: int) -> List["Slot"]:
+        """Every slot's draws for n images of height x width, and what they make of them, on
+        the host: the order that sorts the images by the op they drew, in the groups' order,
+        and each group's rows and argument. Each group then acts on one contiguous slice, with
+        one gather before and one scatter after instead of an index/index_put per op."""
+        slots = []
         for _ in range(self.policy.num_ops):
-            op, level, sign = self.draw(len(x), g)
-            # Images sorted by the op they drew, in the groups' order: each group acts on one
-            # contiguous slice, with one gather before and one scatter after instead of an
-            # index/index_put per op.
+            op, level, sign = self.draw(n, g)
             place = torch.where(op >= 0, self.position[op.clamp(min=0)], -1)
             order = place.argsort(stable=True)
             level, sign = level[order], sign[order]
             ends = torch.bincount(place + 1, minlength=len(self.ops) + 1).cumsum(0).tolist()  # [0]: not applied
-            d = order.to(x.device)
-            y = x[d]
-            k = 0
+            steps, k = [], 0
             for group in self.groups:
                 a, b = ends[k], ends[k + len(group)]
-                if b > a and len(group) == 1:
-                    y[a:b] = self.apply(y[a:b], group[0], level[a:b], sign[a:b])
-                elif b > a:
+                if b > a:
                     counts = [ends[k + i + 1] - ends[k + i] for i in range(len(group))]
-                    y[a:b] = self.apply_geometric(y[a:b], group, counts, level[a:b], sign[a:b])
+                    steps.append(self._step(group, counts, a, b, level[a:b], sign[a:b], height, width))
                 k += len(group)
+            slots.append(Slot(order, steps))
+        return slots
+
+    def _step(self, group: Tuple[str, ...], counts: List[int], a: int, b: int, level: torch.Tensor,
+              sign: torch.Tensor, height: int, width: int) -> "Step":
+        """One group's op on rows a:b: a colour op's argument, or the geometric ops' matrices."""
+        if group[0] not in GEOMETRIC:
+            to_arg = LEVEL_TO_ARG.get(group[0])
+            return Step(a, b, group, to_arg(level, sign) if to_arg is not None else None)
+        matrices, start = [], 0
+        for name, count in zip(group, counts):
+            part = slice(start, start + count)
+            matrices.append(affine_matrix(name, LEVEL_TO_ARG[name](level[part], sign[part]), height, width))
+            start += count
+        matrix = torch.cat(matrices)
+        return Step(a, b, group, matrix, moves_along(matrix))
+
+    def apply_plan(self, x: torch.Tensor, slots: List["Slot"]) -> torch.Tensor:
+        """The planned ops on x, slot after slot; the plan's tensors on x's device or the host."""
+        for slot in slots:
+            d = slot.order.to(x.device)
+            y = x[d]
+            for s in slot.steps:
+                if s.names[0] in GEOMETRIC:
+                    y[s.start:s.stop] = resample(y[s.start:s.stop], s.arg, self.fill, self.interpolation, s.moves)
+                else:
+                    y[s.start:s.stop] = COLOUR_OPS[s.names[0]](y[s.start:s.stop], s.arg)
             x[d] = y
         return x
+
+
+@dataclass
+class Step:
+    """One op of a slot, on the rows start:stop of the images sorted by op."""
+
+    start: int
+    """The first row it acts on."""
+    stop: int
+    """One past the last."""
+    names: Tuple[str, ...]
+    """A colour op, or the geometric ops that share one resampling."""
+    arg: Optional[torch.Tensor]
+    """A colour op's argument per image (None for those without), or the affine matrices (rows, 6)."""
+    moves: Tuple[bool, bool] = (True, True)
+    """Geometric: whether any matrix moves an image along x, along y."""
+
+
+@dataclass
+class Slot:
+    """One slot of the policy for a batch: what RandAugment.plan drew and derived."""
+
+    order: torch.Tensor
+    """The images sorted by the op they drew (indices into the batch)."""
+    steps: List[Step] = field(default_factory=list)
+    """The ops applied, each on its contiguous rows of the sorted batch."""
 
 
 def fill_colour(mean: Sequence[float]) -> Tuple[int, ...]:

@@ -7,13 +7,16 @@ moment leaves every file whole.
     checkpoint.pt    the state after the last finished epoch
     error.txt        the traceback of a failed run
     .lock            held (flock) by the one process that trains the run; names it
+                     (sweep.lock chooses another directory for it, or none)
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -42,6 +45,8 @@ NEUTRAL_KEYS = (
     "data.root",
     "data.download",
     "data.workers",
+    "sweep",  # where the run's lock lives
+    "train.tf32",  # the rounding of CUDA's float32 products only: no CPU number depends on it
 )
 
 
@@ -227,15 +232,19 @@ def write_summary(run_dir: Path, summary: RunSummary) -> None:
 
 
 def read_metrics(run_dir: Path) -> List[EpochRecord]:
-    """The epochs of metrics.jsonl; a line cut short by a kill is left out."""
+    """The epochs of metrics.jsonl; a line cut short by a kill (the run stopped there), or one
+    that is no epoch record (not an object, an epoch that is not a whole number, a figure
+    that is not a number), is left out."""
     path = Path(run_dir) / METRICS
     out = []
-    for text in path.read_text().splitlines() if path.exists() else []:
+    for text in path.read_text(errors="replace").splitlines() if path.exists() else []:
         try:
-            record = json.loads(text)
-            out.append(EpochRecord.from_dict(record))
-        except (json.JSONDecodeError, TypeError):
+            record = EpochRecord.from_dict(json.loads(text))
+        except (json.JSONDecodeError, TypeError, AttributeError):
             continue
+        figures = [v for k, v in dataclasses.asdict(record).items() if k != "epoch"]
+        if isinstance(record.epoch, int) and all(isinstance(v, (int, float)) or v is None for v in figures):
+            out.append(record)
     return out
 
 
@@ -319,28 +328,95 @@ def check_writable(run_dir: Path, option: str = "hydra.run.dir") -> None:
 # ----------------------------------------------------------------------------- the lock
 
 
-def _try_lock(run_dir: Path) -> Optional[IO]:
-    lock = open(Path(run_dir) / LOCK, "a+")
+# flock's answers when another process holds the lock (EACCES where Python emulates flock with fcntl);
+# any other (ENOSYS, ENOLCK, EOPNOTSUPP, ...) says that the filesystem cannot lock
+HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+class CannotLock(RunDirError):
+    """The filesystem refuses flock (Lustre mounted noflock: ENOSYS; NFS without lockd: ENOLCK)."""
+
+
+def lock_path(run_dir: Path, where: str = "run") -> Optional[Path]:
+    """The run's lock file for sweep.lock=`where`: the run directory's .lock (run), one file
+    per run in the directory `where`, or None (none)."""
+    if where == "none":
+        return None
+    if where == "run":
+        return Path(run_dir) / LOCK
+    key = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:20]
+    return Path(where).expanduser() / f"{key}{LOCK}"
+
+
+def _try_lock(path: Path) -> Optional[IO]:
+    """The open, locked file; None when another process holds it; CannotLock where flock fails."""
+    lock = open(path, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         lock.close()
-        return None
+        if e.errno in HELD:
+            return None
+        raise CannotLock(cannot_lock_message(path, e)) from e
     return lock
 
 
-def claim(run_dir: Path) -> Optional[IO]:
+def cannot_lock_message(path: Path, e: OSError) -> str:
+    """One line: which filesystem refuses the lock, why, and the two ways out."""
+    return (f"the filesystem of {path.parent} ({filesystem(path.parent)}) cannot lock files "
+            f"({errno.errorcode.get(e.errno or 0, e.errno)}: {e.strerror}): put the locks on a local disk "
+            "(sweep.lock=/tmp/roadmap-locks, for sweeps on this machine), "
+            "or run one sweep at a time with sweep.lock=none")
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem holding `path` (/proc/mounts' longest matching mount), or 'unknown'."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    where = os.path.realpath(path)
+    found = [(m, t) for m, t in mounts if where == m or where.startswith(m.rstrip("/") + "/")]
+    return max(found, key=lambda mt: len(mt[0]))[1] if found else "unknown"
+
+
+class _NoLock:
+    """sweep.lock=none: a claim that always succeeds and holds nothing."""
+
+    def close(self) -> None:
+        pass
+
+
+def claim(run_dir: Path, where: str = "run") -> Optional[IO]:
     """Take the run's lock without waiting: the open lock file (keep it open while training,
     close it to release), or None when another process holds it. The kernel releases the
-    lock of a process that dies, SIGKILL included, so a lock is never stale."""
+    lock of a process that dies, SIGKILL included, so a lock is never stale. CannotLock,
+    with its one line, where the filesystem cannot lock."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    lock = _try_lock(run_dir)
+    path = lock_path(run_dir, where)
+    if path is None:
+        return _NoLock()  # type: ignore[return-value]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _try_lock(path)
     if lock is not None:
         lock.seek(0)
         lock.truncate()
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
     return lock
+
+
+def check_lockable(folder: Path, where: str = "run") -> None:
+    """CannotLock unless a lock can be taken where sweep.lock=`where` puts the locks of
+    runs under `folder` (a study): said before anything trains."""
+    if where == "none":
+        return
+    path = (Path(folder) if where == "run" else Path(where).expanduser()) / ".lock-test"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _try_lock(path)
+    if lock is not None:
+        lock.close()
+    path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -356,15 +432,20 @@ def exclusive(lock_file: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def holder(run_dir: Path) -> Optional[str]:
-    """Who trains the run now ('pid 123 on node1'), or None when nobody holds its lock."""
-    if not (Path(run_dir) / LOCK).exists():
+def holder(run_dir: Path, where: str = "run") -> Optional[str]:
+    """Who trains the run now ('pid 123 on node1'), or None when nobody holds its lock (or
+    there is no lock to hold: sweep.lock=none, a filesystem that cannot lock)."""
+    path = lock_path(run_dir, where)
+    if path is None or not path.exists():
         return None
-    lock = _try_lock(run_dir)
+    try:
+        lock = _try_lock(path)
+    except CannotLock:
+        return None
     if lock is not None:
         lock.close()
         return None
     try:
-        return (Path(run_dir) / LOCK).read_text().strip() or "another process"
+        return path.read_text().strip() or "another process"
     except OSError:
         return "another process"

@@ -16,7 +16,8 @@ named by its value (runs/<study>/recipe.lr=0.001/<step>/seed<k>/). The study def
 applies to every run. Running the same command again skips finished runs, resumes
 interrupted ones and refuses runs whose saved config differs. One process per run (rank 0
 under torchrun or submitit) holds the run's lock, so two sweeps never train one run
-twice, and the other ranks join it with DDP. A run that fails or diverges does not stop
+twice, and the other ranks join it with DDP (sweep.lock puts the locks elsewhere, or,
+`none`, takes none where the filesystem cannot lock). A run that fails or diverges does not stop
 the others; Ctrl-C stops the sweep (run the command again to resume). The study root
 gets results.csv (one row per run, rewritten after every run) and, at the end, table.md
 and table.csv: each step beside the paper, one table per value of the swept keys.
@@ -291,11 +292,21 @@ def run_job(cfg: DictConfig, run_dir: Path, study_dir: Path) -> int:
     train it together); every process then trains it, or every process skips it."""
     export_cluster_environment()
     setup_distributed(Device(cfg.train.device))
-    lock = rundir.claim(run_dir) if is_main_process() else None
-    if not from_main_process(lock is not None):
+    lock, refused = None, None
+    if is_main_process():
+        try:
+            lock = rundir.claim(run_dir, cfg.sweep.lock)
+        except rundir.CannotLock as e:
+            refused = str(e)
+    held, refused = from_main_process((lock is None, refused))
+    if refused or held:
         if is_main_process():
-            print(f"skipped: {run_dir} is being trained by another process ({rundir.holder(run_dir)})", flush=True)
-        return 0
+            if refused:
+                rundir.remove_if_unused(run_dir)
+            print(f"error: {refused}" if refused else
+                  f"skipped: {run_dir} is being trained by another process ({rundir.holder(run_dir, cfg.sweep.lock)})",
+                  file=sys.stderr if refused else sys.stdout, flush=True)
+        return 2 if refused else 0
     try:
         code = run_one(cfg, run_dir, stop_on_interrupt=True)  # Ctrl-C stops the sweep, not only this run
     finally:
@@ -329,11 +340,11 @@ def export_cluster_environment() -> None:
 def unfinished(p: Plan, runs) -> List[str]:
     """'<run>: <why>' for every planned run that did not complete, in the plan's order."""
     status = {Path(r).resolve(): s for r, s in zip(runs["run_dir"], runs["status"])} if len(runs) else {}
-    out = []
+    out, lock = [], next(iter(p.configs.values())).sweep.lock
     for variant, step, seed in p.runs():
         run_dir = p.run_dir(variant, step, seed)
         name = f"{variant + ' ' if variant else ''}{step} seed{seed}"
-        who = rundir.holder(run_dir)
+        who = rundir.holder(run_dir, lock)
         if who:
             out.append(f"{name}: being trained by another process ({who})")
             continue
@@ -402,6 +413,7 @@ def sweep(argv: List[str]) -> None:
             return show(cmd, argv)
         p = plan(cmd)
         rundir.check_writable(p.sweep_dir, option="hydra.sweep.dir")
+        rundir.check_lockable(p.sweep_dir, next(iter(p.configs.values())).sweep.lock)
     say = is_main_process()
     if say:
         at_once = f", {p.jobs} at a time" if p.jobs > 1 else ""

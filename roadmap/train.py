@@ -4,6 +4,7 @@
     python -m roadmap.train +step=resnet +experiment=smoke        # seconds
     python -m roadmap.train +step=gelu data=cifar10 recipe.epochs=30 seed=1
     torchrun --nproc_per_node=8 -m roadmap.train +step=gelu +experiment=imagenet_r50
+    srun --ntasks-per-node=8 --gpus-per-node=8 python -m roadmap.train +step=gelu +experiment=imagenet_r50
 
 The run directory (Hydra's output directory; `hydra.run.dir=...` moves it) gets the
 resolved config, metrics.jsonl, summary.json and the last checkpoint. Running the same
@@ -30,7 +31,7 @@ from roadmap.engine import Diverged, TrainState, build_state, evaluate, train_on
 from roadmap.errors import ConfigError, RoadmapError
 from roadmap.loggers import LOGGERS, NoLogger
 from roadmap.machine import Machine, code_version, in_sync, is_main_process, library_versions, peak_memory_mb, setup
-from roadmap.machine import shutdown_distributed
+from roadmap.machine import export_srun_environment, shutdown_distributed
 from roadmap.rundir import EpochRecord, RunSummary
 
 # ----------------------------------------------------------------------------- the run, phase by phase
@@ -46,7 +47,7 @@ def train(cfg: DictConfig, run_dir: Path) -> RunSummary:
 def _train(cfg: DictConfig, run_dir: Path) -> RunSummary:
     """train() for a run that has not finished: from the start, or from its checkpoint."""
     run = validate(cfg)
-    machine = setup(run.train.device, run.train.threads)
+    machine = setup(run.train.device, run.train.threads, run.train.tf32)
     check_run_dir(run_dir, cfg, machine)
     data = build_data(run, machine)
     log = RunLog(run_dir, cfg, run, machine, data.steps_per_epoch())
@@ -257,6 +258,7 @@ def record_failure(run_dir: Path, error: Exception) -> None:
 def main() -> None:
     from roadmap.cli import hydra_main
 
+    export_srun_environment()  # under plain srun, before anything speaks: only rank 0 reports
     try:
         hydra_main(run_one, task="train")
     finally:

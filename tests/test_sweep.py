@@ -154,7 +154,7 @@ def test_the_slurm_launcher_config_composes():
         )
     launcher = cfg.hydra.launcher
     assert (
-        launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == 8 and launcher.max_num_timeout == 3
+        launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == 8 and launcher.max_num_timeout == 12
     )
 
 
