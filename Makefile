@@ -26,8 +26,12 @@ run: setup data
 	$(PY) -m roadmap.sweep +step=all
 
 # The figures and tables of every study under runs/ (yours) and experiments/ (the
-# committed reference studies); nothing is trained.
+# committed reference studies); nothing is trained. First the effective receptive field and
+# the corruption robustness of every study that keeps checkpoints (the committed ones keep
+# none: their measurements are committed), so that table.md gains their columns.
 plots: setup
+	$(PY) -m analysis.erf
+	$(PY) -m analysis.robustness
 	$(PY) -m analysis.plots
 	@if [ -d experiments/fashion_mnist_micro_random ]; then \
 		$(PY) -m analysis.designs experiments/fashion_mnist_micro experiments/fashion_mnist_micro_leave_one_out \

@@ -51,12 +51,7 @@ KNOBS = {
 def rungs(args: Sequence[str]) -> List[Path]:
     """The studies named, or the default and every committed ladder rung beside it."""
     if args:
-        missing = [a for a in args if not Path(a).is_dir()]
-        if missing:
-            raise results.ResultsError(
-                f"{missing[0]} is not a directory: give study directories such as experiments/{DEFAULT.name}"
-            )
-        return [Path(a) for a in args]
+        return results.study_dirs(args)
     found = [DEFAULT, *sorted(p for p in DEFAULT.parent.glob(DEFAULT.name + "_*") if (p / "resnet").is_dir())]
     found = [p for p in found if p.is_dir() and not p.name.endswith("_calibration")]
     if not found:

@@ -267,12 +267,7 @@ def plot_study(study: Path, out: Optional[Path] = None) -> List[Path]:
 
 def studies(args: Sequence[str]) -> List[Path]:
     if args:
-        missing = [a for a in args if not Path(a).is_dir()]
-        if missing:
-            raise results.ResultsError(
-                f"{missing[0]} is not a directory: give study directories such as experiments/fashion_mnist_micro"
-            )
-        return [Path(a) for a in args]
+        return results.study_dirs(args)
     found = sorted({study_root(p.parent) for top in ROOTS for p in Path(top).rglob("summary.json")})
     found = [p for p in found if p.parts[:2] != ("runs", "figures")]
     if not found:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import glob as globlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
@@ -70,6 +71,16 @@ def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
                     sorted({s.parent for s in m.rglob(rundir.SUMMARY)} | {c.parent for c in m.rglob(rundir.CONFIG)})
                 )
     return list(dict.fromkeys(found))
+
+
+def study_dirs(paths: Iterable[PathLike]) -> List[Path]:
+    """The study directories a command was given; ResultsError naming the first that is not one."""
+    missing = [p for p in paths if not Path(p).is_dir()]
+    if missing:
+        raise ResultsError(
+            f"{missing[0]} is not a directory: give study directories such as experiments/fashion_mnist_micro"
+        )
+    return [Path(p) for p in paths]
 
 
 def _flat_config(run: Path) -> Dict[str, Any]:
@@ -266,11 +277,12 @@ def builds_on(group: pd.DataFrame) -> Dict[str, str]:
     return out
 
 
-def seed_deltas(group: pd.DataFrame) -> Dict[str, Dict[int, float]]:
-    """step -> seed -> its top-1 minus the top-1 of what it builds on (builds_on), same
-    seed, for every seed both completed (one study and swept value)."""
+def seed_deltas(group: pd.DataFrame, column: str = "top1") -> Dict[str, Dict[int, float]]:
+    """step -> seed -> its top-1 (or `column`) minus that of what it builds on (builds_on),
+    same seed, for every seed both completed (one study and swept value)."""
     done = averaged(group)
-    top1 = {(s, int(k)): v for s, k, v in zip(done["step"], done["seed"], done["top1"])}
+    done = done[done[column].notna()]
+    top1 = {(s, int(k)): v for s, k, v in zip(done["step"], done["seed"], done[column])}
     parents = builds_on(group)
     out: Dict[str, Dict[int, float]] = {}
     for (step, seed), value in top1.items():
@@ -352,7 +364,8 @@ def markdown_table(table: pd.DataFrame, runs: Optional[pd.DataFrame] = None) -> 
         head = [f"**{variant_name(values)}**", ""] if values else []
         block = runs if runs is None else matching(runs, values)
         blocks.append(
-            "\n".join(head + _markdown_rows(rows) + ([""] + _footer(rows, block) if block is not None else []))
+            "\n".join(head + measured_cells(rows, _markdown_rows(rows))
+                      + ([""] + _footer(rows, block) if block is not None else []))
         )
     return "\n\n".join(blocks)
 
@@ -398,7 +411,7 @@ def _footer(table: pd.DataFrame, runs: pd.DataFrame) -> List[str]:
     t = transfer(runs) if runs["seed"].notna().any() else None
     if t is not None:
         lines.extend(t.summary(paper.reference_regime(table["regime"].iloc[0])).splitlines())
-    return lines
+    return lines + measured_footer(table)
 
 
 TABLE_COLUMNS = [
@@ -446,13 +459,14 @@ def save_tables(
 
 
 def _write_tables(study: PathLike, folder: Path, with_runs: bool) -> Tuple[pd.DataFrame, str, List[Path]]:
-    runs = load(study)
-    table = step_table(runs)
+    runs = with_measured(load(study), study, folder)  # ERF and mCE columns where analysis.erf/robustness measured
+    table = measured_columns(step_table(runs), runs)
     text = markdown_table(table, runs)
     keys = [k for k in swept_keys(runs) if k not in TABLE_COLUMNS]
+    columns = [*keys, *TABLE_COLUMNS, *measured_names(table)]
     files = {
         folder / "table.md": text + "\n",
-        folder / "table.csv": table[[*keys, *TABLE_COLUMNS]].to_csv(index=False) if not table.empty else "",
+        folder / "table.csv": table[columns].to_csv(index=False) if not table.empty else "",
     }
     if with_runs:
         files[folder / "results.csv"] = runs[[c for c in runs.columns if not c.startswith("cfg.")]].to_csv(index=False)
@@ -501,3 +515,98 @@ def main_effects(runs: pd.DataFrame, with_macs: bool = False) -> pd.DataFrame:
         names = [*names, "log_gmacs"]
     effects = stats.main_effects(x, table["top1"].to_numpy(dtype=float), names)
     return pd.DataFrame([dataclasses.asdict(e) for e in effects])
+
+
+# ----------------------------------------------------------------------------- measured beyond accuracy
+# analysis.erf and analysis.robustness measure each run's checkpoint and write one row per run
+# (`run`: its directory relative to the study) into the study's figures folder. Where such a
+# file sits beside the tables being written, or in <study>/figures, the step table gains its
+# column: the mean and 95% t-interval over seeds, and the change from the step each builds on,
+# paired per seed as top-1's is. Nothing here measures; a study without the files is unchanged.
+
+# name -> (file, its column, the Markdown heading)
+MEASURED = {"erf50": ("erf_runs.csv", "erf50_side", "ERF 50% (px)"), "mce": ("robustness_runs.csv", "mce", "mCE")}
+
+
+def run_key(run_dir: PathLike, study: PathLike) -> str:
+    """A run's directory relative to its study (resnet/seed0): how measurements name runs."""
+    return Path(os.path.relpath(run_dir, study)).as_posix()
+
+
+def with_measured(runs: pd.DataFrame, study: PathLike, folder: Optional[PathLike] = None) -> pd.DataFrame:
+    """The runs with a column per measurement found for them (MEASURED), NaN where a run has none."""
+    runs = runs.copy()
+    keys = [run_key(r, study) for r in runs["run_dir"]]
+    for name, (file, column, _) in MEASURED.items():
+        found = next((p for p in (Path(folder or study) / file, Path(study) / "figures" / file) if p.is_file()), None)
+        if found is None:
+            continue
+        try:
+            values = pd.read_csv(found).set_index("run")[column]
+        except (OSError, ValueError, KeyError, pd.errors.ParserError) as e:
+            raise ResultsError(f"{found} is unreadable ({type(e).__name__}): delete it, or measure the study again "
+                               f"(python -m analysis.{file.split('_')[0]})") from e
+        runs[name] = pd.to_numeric(pd.Series([values.get(k) for k in keys], index=runs.index), errors="coerce")
+    return runs
+
+
+def column_table(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per study, swept value and step, of one per-run figure: `<column>_mean`, `_lo`, `_hi`
+    (95% t-interval over the seeds averaged) and `_seeds`, and the change from the step each
+    builds on, paired per seed (`<column>_delta`, `_delta_lo`, `_delta_hi`, `_delta_excludes_zero`)."""
+    keys = ["study", *swept_keys(runs)]
+    out = []
+    for values, group in runs.groupby(keys, sort=False, dropna=False):
+        pairs = seed_deltas(group, column)
+        for step, g in group.groupby("step", sort=False):
+            done = averaged(g)[column].dropna()
+            level, change = stats.t_interval(list(done)), stats.t_interval(list(pairs.get(step, {}).values()))
+            out.append({**dict(zip(keys, values)), "step": step, f"{column}_mean": level.mean, f"{column}_lo": level.lo,
+                        f"{column}_hi": level.hi, f"{column}_seeds": level.n, f"{column}_delta": change.mean,
+                        f"{column}_delta_lo": change.lo, f"{column}_delta_hi": change.hi,
+                        f"{column}_delta_excludes_zero": change.excludes_zero})
+    return pd.DataFrame(out)
+
+
+def measured_columns(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The step table with the columns of every measurement its runs carry (with_measured)."""
+    for name in (n for n in MEASURED if n in runs.columns and runs[n].notna().any()):
+        keys = ["study", *swept_keys(runs), "step"]
+        table = table.merge(column_table(runs, name), on=keys, how="left")
+    return table
+
+
+def measured_names(table: pd.DataFrame) -> List[str]:
+    """The csv columns of the measurements a step table carries."""
+    return [c for c in table.columns if c.split("_")[0] in MEASURED and c.split("_")[0] != c]
+
+
+def measured_cells(table: pd.DataFrame, lines: List[str]) -> List[str]:
+    """The Markdown rows of the step table (_markdown_rows) with a value and a change cell per measurement."""
+    names = [n for n in MEASURED if f"{n}_mean" in table.columns]
+    if not names:
+        return lines
+    head = "".join(f" {MEASURED[n][2]} | Δ {MEASURED[n][2]} |" for n in names)
+    out = [lines[0] + head, lines[1] + "---|---|" * len(names)]
+    for line, (_, r) in zip(lines[2:], table.sort_values("order").iterrows()):
+        cells = []
+        for n in names:
+            mark = " *" if r[f"{n}_delta_excludes_zero"] else ""
+            interval = "" if pd.isna(r[f"{n}_delta_lo"]) else f" [{r[f'{n}_delta_lo']:+.1f}, {r[f'{n}_delta_hi']:+.1f}]"
+            change = "" if pd.isna(r[f"{n}_delta"]) else f"{r[f'{n}_delta']:+.1f}{mark}{interval}"
+            cells.append(f" {'' if pd.isna(r[f'{n}_mean']) else format(r[f'{n}_mean'], '.1f')} | {change} |")
+        out.append(line + "".join(cells))
+    return out
+
+
+def measured_footer(table: pd.DataFrame) -> List[str]:
+    """What the measured columns are, where the table has them."""
+    lines = []
+    if "erf50_mean" in table.columns:
+        lines.append("ERF 50%: side (px) of the smallest centred square holding half of the effective receptive "
+                     "field's mass, on inputs larger than the training size (analysis.erf; erf.md says how large, "
+                     "and has 20% and 99%).")
+    if "mce_mean" in table.columns:
+        lines.append("mCE: mean corruption error on the grey-image ImageNet-C families, 100 = the resnet step "
+                     "(analysis.robustness; robustness.md has every family). Their Δ are paired per seed as top-1's.")
+    return lines
