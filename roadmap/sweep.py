@@ -53,7 +53,14 @@ from roadmap.config import (
     validate,
 )
 from roadmap.data import IN_MEMORY_LOADERS
-from roadmap.machine import Device, from_main_process, is_main_process, setup_distributed, shutdown_distributed
+from roadmap.machine import (
+    Device,
+    export_srun_environment,
+    from_main_process,
+    is_main_process,
+    setup_distributed,
+    shutdown_distributed,
+)
 from roadmap.recipe import RecipeConfig
 from roadmap.train import run_one
 
@@ -399,6 +406,7 @@ def show(cmd: CommandLine, argv: Sequence[str]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    export_srun_environment()  # under plain srun, the tasks train each run together, and only rank 0 reports
     try:
         sweep(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # before the first run or while writing the tables
