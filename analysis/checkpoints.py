@@ -186,6 +186,17 @@ def write(out: Path, files: Dict[str, str]) -> List[Path]:
 Measure = Callable[[Path, Path, argparse.Namespace], List[Path]]
 
 
+def at_least(least: Dict[str, int]) -> Callable[[argparse.Namespace], None]:
+    """A tool's check of its whole-number options (name -> least value): one line and exit 2 for one below it."""
+    def check(args: argparse.Namespace) -> None:
+        for name, low in least.items():
+            if getattr(args, name) < low:
+                print(f"error: --{name}={getattr(args, name)} is not valid: give a whole number of at least {low}",
+                      file=sys.stderr)
+                sys.exit(2)
+    return check
+
+
 def main(argv: Sequence[str], prog: str, doc: str, measure: Measure,
          options: Callable[[argparse.ArgumentParser], None], check: Callable[[argparse.Namespace], None]) -> None:
     """The command line both tools share: studies (default: every study under runs/ and

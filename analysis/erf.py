@@ -216,12 +216,7 @@ def options(parser: argparse.ArgumentParser) -> None:
                         f"size (default {SCALE}: 128 px for 32-px networks)")
 
 
-def check(args: argparse.Namespace) -> None:
-    for name in ("images", "scale", "threads"):
-        if getattr(args, name) < 1:
-            print(f"error: --{name}={getattr(args, name)} is not valid: give a whole number of at least 1",
-                  file=sys.stderr)
-            sys.exit(2)
+check = checkpoints.at_least({"images": 1, "scale": 1, "threads": 1})
 
 
 def main(argv: Sequence[str] = ()) -> None:

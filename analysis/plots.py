@@ -199,16 +199,12 @@ def say_left_out(study: Path, runs) -> None:
             print(f"{study}: left out {len(rows)} of {len(runs)} runs {what}: {names(rows)}")
 
 
-def has(table: pd.DataFrame, column: str, least: int = 1) -> bool:
-    return int(table[column].notna().sum()) >= least if column in table else False
-
-
 # The path's figures: name -> (can it be drawn from this step table and history?, why not, how to draw it).
+# A step without a number is drawn as missing (a study being written, runs at chance), not left out.
 PATH_FIGURES = {
-    "figure2": (lambda t, h: has(t, "top1_mean"), "no step has a top-1", lambda t, h, o, s: figure2(t, o, s)),
-    "path": (lambda t, h: has(t, "top1_mean"), "no step has a top-1", lambda t, h, o, s: path_plot(t, o, s)),
-    "deltas": (lambda t, h: has(t.sort_values("order").iloc[1:], "delta"),
-               "no step has a change from the step it builds on (it needs both, on one seed)",
+    "figure2": (lambda t, h: len(t) > 0, "the study has no step", lambda t, h, o, s: figure2(t, o, s)),
+    "path": (lambda t, h: len(t) > 0, "the study has no step", lambda t, h, o, s: path_plot(t, o, s)),
+    "deltas": (lambda t, h: len(t) > 1, "one step has no change from a step it builds on",
                lambda t, h, o, s: delta_plot(t, o, s)),
     "curves": (lambda t, h: len(h) > 0, "no run logged an epoch", lambda t, h, o, s: curves_plot(h, t, o, s)),
 }

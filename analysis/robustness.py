@@ -283,12 +283,7 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=SEED, help=f"seed of the corruptions' draws (default {SEED})")
 
 
-def check(args: argparse.Namespace) -> None:
-    for name, least in (("images", 1), ("threads", 1), ("seed", 0)):
-        if getattr(args, name) < least:
-            print(f"error: --{name}={getattr(args, name)} is not valid: give a whole number of at least {least}",
-                  file=sys.stderr)
-            sys.exit(2)
+check = checkpoints.at_least({"images": 1, "threads": 1, "seed": 0})
 
 
 def main(argv: Sequence[str] = ()) -> None:
