@@ -101,11 +101,7 @@ def check_alike(read: List[dict]) -> None:
 def knobs(runs: pd.DataFrame) -> str:
     """The rung's setting, from the convnext-recipe runs' configs ('3 epochs, 32 px')."""
     row = runs[runs["step"] == STEPS[-1]].iloc[0]
-    return ", ".join(filter(None, (fmt(row[k]) for k, fmt in KNOBS.items() if k in row and _known(row[k]))))
-
-
-def _known(value) -> bool:
-    return not (isinstance(value, float) and math.isnan(value))
+    return ", ".join(filter(None, (fmt(row[k]) for k, fmt in KNOBS.items() if k in row and pd.notna(row[k]))))
 
 
 def cost(runs: pd.DataFrame) -> dict:
@@ -162,9 +158,9 @@ def better_than(r: pd.Series, default: pd.Series) -> bool:
 
 
 def _cell(v: float, lo: float, hi: float, spec: str = "+.2f") -> str:
-    if not _known(v):
+    if not pd.notna(v):
         return ""
-    return format(v, spec) + (f" [{lo:{spec}}, {hi:{spec}}]" if _known(lo) and _known(hi) else "")
+    return format(v, spec) + (f" [{lo:{spec}}, {hi:{spec}}]" if pd.notna(lo) and pd.notna(hi) else "")
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -175,10 +171,10 @@ def markdown(frame: pd.DataFrame) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in frame.iterrows():
         signs = f"{int(r['clear_agree'])} of {int(r['clear_steps'])} (p {r['clear_sign_p']:.2g})" \
-            if _known(r.get("clear_agree", math.nan)) else ""
+            if pd.notna(r.get("clear_agree", math.nan)) else ""
         lines.append(
             f"| {r['rung']}{' (partial)' if r['partial'] else ''} | {r['knobs']} | {r['cost_x_default']:.2f} "
-            f"| {'' if not _known(r['cpu_minutes']) else format(r['cpu_minutes'], '.0f')} | {r['seeds']} | {signs} "
+            f"| {'' if not pd.notna(r['cpu_minutes']) else format(r['cpu_minutes'], '.0f')} | {r['seeds']} | {signs} "
             f"| {_cell(r.get('spearman'), r.get('spearman_lo'), r.get('spearman_hi'))} "
             f"| {_cell(r.get('kendall'), r.get('kendall_lo'), r.get('kendall_hi'))} "
             f"| {_cell(r.get('slope'), r.get('slope_lo'), r.get('slope_hi'))} "
@@ -203,10 +199,10 @@ def figure(frame: pd.DataFrame, out: Path) -> List[Path]:
     for ax, (key, label, ideal) in zip(axes, PANELS):
         for _, r in frame.iterrows():
             v = r.get(key, math.nan)
-            if not _known(v):
+            if not pd.notna(v):
                 continue
             lo, hi = r.get(f"{key}_lo", math.nan), r.get(f"{key}_hi", math.nan)
-            err = [[v - lo], [hi - v]] if _known(lo) and _known(hi) else None
+            err = [[v - lo], [hi - v]] if pd.notna(lo) and pd.notna(hi) else None
             default = r["rung"] == "default"
             ax.errorbar(r["cost_x_default"], v, yerr=err, fmt="*" if default else "o", ms=13 if default else 7,
                         color="#d62728" if default else "#1f77b4", mfc="white" if r["partial"] else None, capsize=3)

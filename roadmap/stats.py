@@ -172,9 +172,14 @@ def _bootstrap(seed_deltas: Mapping[str, Mapping[int, float]], subsets: Sequence
     return np.nanpercentile(np.asarray(draws, dtype=float), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2], axis=0)
 
 
+def same_sign(steps: Sequence[str], ours: Mapping[str, float], paper: Mapping[str, float]) -> int:
+    """How many of `steps` change in the paper's direction."""
+    return int(sum(np.sign(ours[s]) == np.sign(paper[s]) for s in steps))
+
+
 def _agreement(steps: Sequence[str], means: Mapping[str, float], paper: Mapping[str, float],
                bounds: np.ndarray, seeds: int) -> Agreement:
-    agree = int(sum(np.sign(means[s]) == np.sign(paper[s]) for s in steps))
+    agree = same_sign(steps, means, paper)
     rho, tau = _correlations([means[s] for s in steps], [paper[s] for s in steps])
     return Agreement(tuple(steps), agree, sign_p(agree, len(steps)), Interval(rho, bounds[0][0], bounds[1][0], seeds),
                      Interval(tau, bounds[0][1], bounds[1][1], seeds))
@@ -200,7 +205,7 @@ def transfer(seed_deltas: Mapping[str, Mapping[int, float]], paper: Mapping[str,
     return Transfer(
         all=_agreement(steps, means, paper, bounds[:, :2], seeds),
         clear=_agreement(picked, means, paper, bounds[:, 2:], seeds) if len(subsets) > 1 else None,
-        significant=len(sig), significant_agree=int(sum(np.sign(means[s]) == np.sign(paper[s]) for s in sig)),
+        significant=len(sig), significant_agree=same_sign(sig, means, paper),
         slope=slope_through_zero([paper[s] for s in picked], [means[s] for s in picked]),
         gain=t_interval(list((gain or {}).values())), paper_gain=paper_gain, seeds=seeds,
         clear_multiple=clear_multiple,

@@ -36,3 +36,14 @@ def set_top1(study, top1_of):
     for summary in study.glob("**/seed*/summary.json"):
         record, step, seed = json.loads(summary.read_text()), summary.parent.parent.name, int(summary.parent.name[4:])
         summary.write_text(json.dumps({**record, "top1": top1_of(step, seed)}))
+
+
+def image_folder(root, size, colour):
+    """train/ and val/ with classes a and b, one RGB image of `size` (w, h) and `colour` each."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            Image.new("RGB", size, colour).save(root / split / label / "0.png")
+    return root

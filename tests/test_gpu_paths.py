@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from tests.conftest import image_folder
 import roadmap
 from roadmap import augment, bench, machine, rundir
 from roadmap.augment import BatchAugment
@@ -88,10 +88,7 @@ def test_the_cpu_path_sends_nothing_and_keeps_its_draws():
 
 
 def test_an_image_folder_dataset_loads_through_forkserver_workers(tmp_path):
-    for split in ("train", "val"):
-        for c in ("a", "b"):
-            (tmp_path / split / c).mkdir(parents=True)
-            Image.new("RGB", (12, 10), (40, 80, 120)).save(tmp_path / split / c / "0.png")
+    image_folder(tmp_path, (12, 10), (40, 80, 120))
     cfg = validate(roadmap.compose("gelu", "data=imagefolder", f"data.root={tmp_path}", "data.num_classes=2",
                                    "data.image_size=32")).data
     train, _ = folder_datasets(cfg, (0.5, 1.0))

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests.conftest import image_folder
 import roadmap
 from roadmap.config import validate
 from roadmap.model import ConvNet, ModelConfig
@@ -150,7 +151,6 @@ def test_ema_evaluates_as_a_hand_averaged_copy_of_weights_and_buffers():
 
 
 def test_each_recipe_resamples_with_its_own_interpolation_in_memory_and_in_image_folders(tmp_path):
-    from PIL import Image
     from torchvision.transforms import v2
 
     from roadmap.data import Data, folder_datasets
@@ -160,10 +160,7 @@ def test_each_recipe_resamples_with_its_own_interpolation_in_memory_and_in_image
     for step, interpolation in (("resnet", "bilinear"), ("gelu", "bicubic")):
         run = validate(roadmap.compose(step))
         assert Data(run.data, run.recipe, run.seed, here, 64).augment.interpolation == interpolation
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            (tmp_path / split / label).mkdir(parents=True)
-            Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / split / label / "0.png")
+    image_folder(tmp_path, (40, 30), (10, 20, 30))
     data = validate(roadmap.compose("resnet", "data=imagefolder", f"data.root={tmp_path}", "data.num_classes=2",
                                     "data.image_size=32")).data
     train, val = folder_datasets(data, (0.08, 1.0), hflip=0.0, interpolation="bilinear")
