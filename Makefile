@@ -34,7 +34,7 @@ plots: setup
 	$(PY) -m analysis.robustness
 	$(PY) -m analysis.plots
 	@if [ -d experiments/fashion_mnist_micro_random ]; then \
-		$(PY) -m analysis.designs experiments/fashion_mnist_micro experiments/fashion_mnist_micro_leave_one_out \
+		$(PY) -m analysis.design_figures experiments/fashion_mnist_micro experiments/fashion_mnist_micro_leave_one_out \
 			experiments/fashion_mnist_micro_add_one experiments/fashion_mnist_micro_random experiments/figures; \
 	fi
 	$(PY) -m analysis.ladder   # the proxy ladder: the default study and its committed rungs

@@ -42,9 +42,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from analysis import checkpoints, designs, plots  # noqa: E402
+from analysis import checkpoints, design_figures, plots  # noqa: E402
 from roadmap.augment import prepare_eval  # noqa: E402
 from roadmap.config import SIDE_BRANCHES  # noqa: E402
+from roadmap.tables import markdown_lines  # noqa: E402
 
 FRACTIONS = (0.2, 0.5, 0.99)
 IMAGES = 50
@@ -127,7 +128,7 @@ def measure_run(run: Path, count: int, scale: int) -> Tuple[Dict[str, float], to
     return {"size": side, "images": len(test), **sizes(m)}, m / m.sum().clamp_min(1e-30)
 
 
-def measure_study(study: Path, out: Path, args: argparse.Namespace) -> List[Path]:
+def measure_erf(study: Path, out: Path, args: argparse.Namespace) -> List[Path]:
     """Every measurable run of a study: erf_runs.csv, erf.csv, erf.md and the figure, into `out`."""
     runs = checkpoints.measurable(study)
     rows, maps = [], {}
@@ -142,28 +143,27 @@ def measure_study(study: Path, out: Path, args: argparse.Namespace) -> List[Path
     mean_maps = {s: torch.stack(ms).mean(0) for s, ms in maps.items()}
     written = checkpoints.write(out, {"erf_runs.csv": measured.to_csv(index=False),
                                       "erf.csv": table.to_csv(index=False),
-                                      "erf.md": markdown(table, measured, str(study))})
-    return written + figure(table, mean_maps, measured, out, str(study))
+                                      "erf.md": erf_markdown(table, measured, str(study))})
+    return written + erf_figure(table, mean_maps, measured, out, str(study))
 
 
-def markdown(table: pd.DataFrame, measured: pd.DataFrame, study: str) -> str:
+def erf_markdown(table: pd.DataFrame, measured: pd.DataFrame, study: str) -> str:
     size, images = int(measured["size"].iloc[0]), int(measured["images"].iloc[0])
     lines = [f"# Effective receptive field per step: {Path(study).name}", "",
              f"{images} test images (a fixed subset, seed 0) resized to {size} px; RepLKNet's gradient map of the "
              "last stage's centre; the side (px, at that size) of the smallest square around the map's centre of "
              "mass that holds 20%, 50% and 99% of its mass, and the 50% square's share of the input's area. Mean "
              "[95% t-interval] over seeds; Δ: the change of the 50% side from the step each builds on, paired per "
-             "seed (* the interval excludes zero).", "",
-             "| step | seeds | ERF 20% (px) | ERF 50% (px) | ERF 99% (px) | 50% area ratio | Δ ERF 50% (px) |",
-             "|---|---|---|---|---|---|---|"]
-    for _, r in table.iterrows():
-        lines.append(f"| {r['step']} | {int(r['erf50_side_seeds'])} | {checkpoints.cell(r, 'erf20_side')} "
-                     f"| {checkpoints.cell(r, 'erf50_side')} | {checkpoints.cell(r, 'erf99_side')} "
-                     f"| {checkpoints.cell(r, 'erf50_area', '.3f')} | {checkpoints.change_cell(r, 'erf50_side')} |")
-    return "\n".join(lines) + "\n"
+             "seed (* the interval excludes zero).", ""]
+    head = ["step", "seeds", "ERF 20% (px)", "ERF 50% (px)", "ERF 99% (px)", "50% area ratio", "Δ ERF 50% (px)"]
+    cell = checkpoints.cell
+    cells = [[f"{r['step']}", f"{int(r['erf50_side_seeds'])}", cell(r, "erf20_side"), cell(r, "erf50_side"),
+              cell(r, "erf99_side"), cell(r, "erf50_area", ".3f"), checkpoints.change_cell(r, "erf50_side")]
+             for _, r in table.iterrows()]
+    return "\n".join(lines + markdown_lines(head, cells)) + "\n"
 
 
-def figure(table: pd.DataFrame, maps: Dict[str, torch.Tensor], measured: pd.DataFrame, out: Path,
+def erf_figure(table: pd.DataFrame, maps: Dict[str, torch.Tensor], measured: pd.DataFrame, out: Path,
            study: str) -> List[Path]:
     """A row of heat maps along the path (log scale, each normalised; the 50% square drawn),
     and below it the sides per step with their intervals."""
@@ -186,7 +186,7 @@ def figure(table: pd.DataFrame, maps: Dict[str, torch.Tensor], measured: pd.Data
     size = int(measured["size"].iloc[0])
     fig.suptitle(f"Effective receptive field along the path: {Path(study).name} ({size}-px inputs; the 50% square "
                  "outlined)", fontsize=10, y=1.04)
-    return designs.save(fig, out, "erf")
+    return design_figures.save(fig, out, "erf")
 
 
 def sides_plot(ax, table: pd.DataFrame, steps: Sequence[str]) -> None:
@@ -209,7 +209,7 @@ def sides_plot(ax, table: pd.DataFrame, steps: Sequence[str]) -> None:
     ax.grid(alpha=0.3)
 
 
-def options(parser: argparse.ArgumentParser) -> None:
+def erf_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=IMAGES, help=f"test images averaged per run (default "
                         f"{IMAGES}, RepLKNet's; a fixed subset drawn with seed 0)")
     parser.add_argument("--scale", type=int, default=SCALE, help=f"the input's side as a multiple of the training "
@@ -220,7 +220,7 @@ check = checkpoints.at_least({"images": 1, "scale": 1, "threads": 1})
 
 
 def main(argv: Sequence[str] = ()) -> None:
-    checkpoints.main(argv, "python -m analysis.erf", __doc__, measure_study, options, check)
+    checkpoints.main(argv, "python -m analysis.erf", __doc__, measure_erf, erf_options, check)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.designs import save  # noqa: E402
+from analysis.design_figures import save  # noqa: E402
 from roadmap import results  # noqa: E402
 from roadmap.config import STEPS  # noqa: E402
+from roadmap.tables import markdown_lines  # noqa: E402
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 DEFAULT = EXPERIMENTS / "fashion_mnist_micro"
@@ -86,7 +87,7 @@ def read_rung(study: Path) -> Optional[dict]:
         return None
     if len(left):
         print(f"{study}: partial, seeds {', '.join(map(str, seeds))} only ({len(left)} runs of other seeds left out: "
-              f"{', '.join(sorted(set(results.outcome(left))))})", file=sys.stderr)
+              f"{', '.join(sorted(set(results.run_outcomes(left))))})", file=sys.stderr)
     return {"study": study, "runs": runs[runs["seed"].isin(seeds)], "partial": bool(len(left)), "left_out": len(left)}
 
 
@@ -116,7 +117,7 @@ def cost(runs: pd.DataFrame) -> dict:
     return {"compute": compute, "cpu_minutes": cpu}
 
 
-def row(rung: dict) -> dict:
+def rung_row(rung: dict) -> dict:
     """The ladder table's row of one rung."""
     runs, t = rung["runs"], results.transfer(rung["runs"])
     out = {"rung": rung_name(rung["study"]), "study": str(rung["study"]), "knobs": knobs(runs),
@@ -143,7 +144,7 @@ def rung_name(study: Path) -> str:
 
 def table(read: List[dict]) -> pd.DataFrame:
     """One row per rung, in the order given; cost relative to the default where it is a rung."""
-    frame = pd.DataFrame([row(r) for r in read])
+    frame = pd.DataFrame([rung_row(r) for r in read])
     base = frame.loc[frame["rung"] == "default", "compute"]
     frame["cost_x_default"] = frame["compute"] / base.iloc[0] if len(base) else math.nan
     return frame
@@ -163,27 +164,27 @@ def _cell(v: float, lo: float, hi: float, spec: str = "+.2f") -> str:
     return format(v, spec) + (f" [{lo:{spec}}, {hi:{spec}}]" if pd.notna(lo) and pd.notna(hi) else "")
 
 
-def markdown(frame: pd.DataFrame) -> str:
+def ladder_markdown(frame: pd.DataFrame) -> str:
+    """The ladder table: per rung, its cost and how its changes transfer, with the footnote."""
     gain = frame["paper_gain"].dropna() if "paper_gain" in frame else pd.Series(dtype=float)
-    lines = ["| rung | knobs | cost (x default) | CPU-min per seed | seeds | clear steps with the paper's sign (p) "
-             f"| Spearman (clear) | Kendall (clear) | slope | ConvNeXt - ResNet"
-             f"{f' (paper {gain.iloc[0]:+.2f})' if len(gain) else ''} |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    head = ["rung", "knobs", "cost (x default)", "CPU-min per seed", "seeds", "clear steps with the paper's sign (p)",
+            "Spearman (clear)", "Kendall (clear)", "slope",
+            f"ConvNeXt - ResNet{f' (paper {gain.iloc[0]:+.2f})' if len(gain) else ''}"]
+    cells = []
     for _, r in frame.iterrows():
         signs = f"{int(r['clear_agree'])} of {int(r['clear_steps'])} (p {r['clear_sign_p']:.2g})" \
             if pd.notna(r.get("clear_agree", math.nan)) else ""
-        lines.append(
-            f"| {r['rung']}{' (partial)' if r['partial'] else ''} | {r['knobs']} | {r['cost_x_default']:.2f} "
-            f"| {'' if not pd.notna(r['cpu_minutes']) else format(r['cpu_minutes'], '.0f')} | {r['seeds']} | {signs} "
-            f"| {_cell(r.get('spearman'), r.get('spearman_lo'), r.get('spearman_hi'))} "
-            f"| {_cell(r.get('kendall'), r.get('kendall_lo'), r.get('kendall_hi'))} "
-            f"| {_cell(r.get('slope'), r.get('slope_lo'), r.get('slope_hi'))} "
-            f"| {_cell(r.get('gain'), r.get('gain_lo'), r.get('gain_hi'))} |")
-    lines += ["", "Intervals: 95%; rank correlations bootstrap over seeds (none with one seed), the slope a t-interval "
-              "over the clear steps, ConvNeXt - ResNet a t-interval over paired seeds (none with one seed). Cost: "
-              "training compute per seed (forward GMACs x epochs over the 17 steps) against the default's; CPU-minutes "
-              "on the machine that ran the rung (empty where runs did not record their threads)."]
-    return "\n".join(lines)
+        intervals = [_cell(r.get(k), r.get(f"{k}_lo"), r.get(f"{k}_hi"))
+                     for k in ("spearman", "kendall", "slope", "gain")]
+        cpu = "" if not pd.notna(r["cpu_minutes"]) else format(r["cpu_minutes"], ".0f")
+        cells.append([f"{r['rung']}{' (partial)' if r['partial'] else ''}", f"{r['knobs']}",
+                      f"{r['cost_x_default']:.2f}", cpu, f"{r['seeds']}", signs, *intervals])
+    return "\n".join([*markdown_lines(head, cells), "",
+                      "Intervals: 95%; rank correlations bootstrap over seeds (none with one seed), the slope a "
+                      "t-interval over the clear steps, ConvNeXt - ResNet a t-interval over paired seeds (none with "
+                      "one seed). Cost: training compute per seed (forward GMACs x epochs over the 17 steps) against "
+                      "the default's; CPU-minutes on the machine that ran the rung (empty where runs did not record "
+                      "their threads)."])
 
 
 PANELS = (
@@ -193,7 +194,7 @@ PANELS = (
 )
 
 
-def figure(frame: pd.DataFrame, out: Path) -> List[Path]:
+def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
     """Transfer against cost, one point per rung: the default a star, partial rungs hollow."""
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.4))
     for ax, (key, label, ideal) in zip(axes, PANELS):
@@ -222,11 +223,11 @@ def figure(frame: pd.DataFrame, out: Path) -> List[Path]:
     return save(fig, out, "ladder")
 
 
-def write(frame: pd.DataFrame, out: Path) -> List[Path]:
+def write_ladder(frame: pd.DataFrame, out: Path) -> List[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ladder.md").write_text(markdown(frame) + "\n")
+    (out / "ladder.md").write_text(ladder_markdown(frame) + "\n")
     frame.to_csv(out / "ladder.csv", index=False)
-    return [out / "ladder.md", out / "ladder.csv", *figure(frame, out)]
+    return [out / "ladder.md", out / "ladder.csv", *ladder_figure(frame, out)]
 
 
 def main(argv: Sequence[str]) -> None:
@@ -242,11 +243,11 @@ def main(argv: Sequence[str]) -> None:
             raise results.ResultsError("no rung has a seed on which every step completed: nothing to draw")
         check_alike(read)
         frame = table(read)
-        written = write(frame, args.out)
+        written = write_ladder(frame, args.out)
     except (results.ResultsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(markdown(frame))
+    print(ladder_markdown(frame))
     print("ladder: " + ", ".join(str(p) for p in written))
 
 

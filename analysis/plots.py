@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis import designs  # noqa: E402
+from analysis import design_figures  # noqa: E402
 from roadmap import paper, results  # noqa: E402
 from roadmap.config import SIDE_BRANCHES, STEPS  # noqa: E402
 
@@ -102,7 +102,7 @@ def figure2(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     ax.text(1.0, 1.0, "MACs/image →", transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="#777777")
     fig.suptitle(f"Modernizing a ResNet toward a ConvNeXt: {_title(t)}", fontsize=12)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return designs.save(fig, out, "figure2" + suffix)
+    return design_figures.save(fig, out, "figure2" + suffix)
 
 
 def path_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
@@ -125,7 +125,7 @@ def path_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     ax.set_title(f"Accuracy against compute along the path: {_title(t)}", fontsize=11)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return designs.save(fig, out, "path" + suffix)
+    return design_figures.save(fig, out, "path" + suffix)
 
 
 def delta_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
@@ -147,7 +147,7 @@ def delta_plot(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return designs.save(fig, out, "deltas" + suffix)
+    return design_figures.save(fig, out, "deltas" + suffix)
 
 
 def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
@@ -179,7 +179,7 @@ def curves_plot(hist: pd.DataFrame, table: pd.DataFrame, out: Path, suffix: str 
     )
     fig.suptitle(f"Training curves: {_title(table)}", fontsize=11)
     fig.tight_layout()
-    return designs.save(fig, out, "curves" + suffix)
+    return design_figures.save(fig, out, "curves" + suffix)
 
 
 def say_left_out(study: Path, runs) -> None:
@@ -187,7 +187,7 @@ def say_left_out(study: Path, runs) -> None:
     those whose record cannot be averaged (a damaged seed or top-1, another regime)."""
     def names(rows) -> str:
         return ", ".join(f"{Path(r).relative_to(study) if Path(r).is_relative_to(study) else r} ({s})"
-                         for r, s in zip(rows["run_dir"], results.outcome(rows)))
+                         for r, s in zip(rows["run_dir"], results.run_outcomes(rows)))
 
     left_out = runs.drop(results.averaged(runs).index)
     damaged = left_out[left_out["left_out"].notna()]
@@ -249,8 +249,8 @@ def plot_study(study: Path, out: Optional[Path] = None) -> List[Path]:
         suffix = "".join(f"__{k}={v}" for k, v in values.items())
         curves = results.matching(hist, values)
         if design != "path":
-            written += draw(study, design, designs.design_figures, results.matching(runs, values), table, out, design,
-                            str(study))
+            written += draw(study, design, design_figures.for_design, results.matching(runs, values), table, out,
+                            design, str(study))
             written += draw(study, "curves", curves_plot, curves, table, out, suffix)
             continue
         for name, (can, why, fn) in PATH_FIGURES.items():

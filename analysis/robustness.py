@@ -40,11 +40,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from analysis import checkpoints, corruptions, designs, plots  # noqa: E402
+from analysis import checkpoints, corruptions, design_figures, plots  # noqa: E402
 from roadmap import rundir  # noqa: E402
 from roadmap.augment import prepare_eval  # noqa: E402
 from roadmap.config import SIDE_BRANCHES  # noqa: E402
 from roadmap.errors import ResultsError  # noqa: E402
+from roadmap.tables import markdown_lines  # noqa: E402
 
 IMAGES = 500
 REFERENCE = "resnet"
@@ -176,7 +177,7 @@ def scores(measured: pd.DataFrame, reference: str) -> pd.DataFrame:
     return out
 
 
-def measure_study(study: Path, out: Path, args: argparse.Namespace) -> List[Path]:
+def measure_robustness(study: Path, out: Path, args: argparse.Namespace) -> List[Path]:
     """Every measurable run of a study: robustness_runs.csv, robustness.csv, robustness.md and
     the figure, into `out`."""
     runs = checkpoints.measurable(study)
@@ -186,8 +187,8 @@ def measure_study(study: Path, out: Path, args: argparse.Namespace) -> List[Path
     table = checkpoints.per_step(runs, ["top1", "clean_error", "mce", "relative_mce", *(f"ce.{c}" for c in families)])
     written = checkpoints.write(out, {"robustness_runs.csv": measured.to_csv(index=False),
                                       "robustness.csv": table.to_csv(index=False),
-                                      "robustness.md": markdown(table, args, str(study))})
-    return written + figure(table, families, args.reference, out, str(study))
+                                      "robustness.md": robustness_markdown(table, args, str(study))})
+    return written + robustness_figure(table, families, args.reference, out, str(study))
 
 
 def setup_text(args: argparse.Namespace) -> List[str]:
@@ -202,20 +203,16 @@ def setup_text(args: argparse.Namespace) -> List[str]:
             "figure on the whole test set; clean error: on the subset."]
 
 
-def markdown(table: pd.DataFrame, args: argparse.Namespace, study: str) -> str:
+def robustness_markdown(table: pd.DataFrame, args: argparse.Namespace, study: str) -> str:
     cell, change = checkpoints.cell, checkpoints.change_cell
-    lines = [f"# Corruption robustness per step: {Path(study).name}", "", *setup_text(args), "",
-             "| step | seeds | top-1 (%) | clean error (%) | mCE | Δ mCE | relative mCE | Δ relative mCE |",
-             "|---|---|---|---|---|---|---|---|"]
-    for _, r in table.iterrows():
-        lines.append(f"| {r['step']} | {int(r['mce_seeds'])} | {cell(r, 'top1', '.2f')} | {cell(r, 'clean_error')} "
-                     f"| {cell(r, 'mce')} | {change(r, 'mce')} | {cell(r, 'relative_mce')} "
-                     f"| {change(r, 'relative_mce')} |")
+    head = ["step", "seeds", "top-1 (%)", "clean error (%)", "mCE", "Δ mCE", "relative mCE", "Δ relative mCE"]
+    cells = [[f"{r['step']}", f"{int(r['mce_seeds'])}", cell(r, "top1", ".2f"), cell(r, "clean_error"), cell(r, "mce"),
+              change(r, "mce"), cell(r, "relative_mce"), change(r, "relative_mce")] for _, r in table.iterrows()]
     families = list(corruptions.FAMILIES)
-    lines += ["", "CE per family (mean over seeds; 100 = the reference step):", "",
-              "| step | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
-    for _, r in table.iterrows():
-        lines.append(f"| {r['step']} | " + " | ".join(f"{r[f'ce.{c}_mean']:.0f}" for c in families) + " |")
+    per_family = [[f"{r['step']}", *(f"{r[f'ce.{c}_mean']:.0f}" for c in families)] for _, r in table.iterrows()]
+    lines = [f"# Corruption robustness per step: {Path(study).name}", "", *setup_text(args), "",
+             *markdown_lines(head, cells), "", "CE per family (mean over seeds; 100 = the reference step):", "",
+             *markdown_lines(["step", *families], per_family)]
     return "\n".join(lines) + "\n"
 
 
@@ -259,7 +256,8 @@ def family_map(ax, table: pd.DataFrame, families: Sequence[str]) -> None:
     ax.set_title("CE per family (100 = reference)", fontsize=9)
 
 
-def figure(table: pd.DataFrame, families: Sequence[str], reference: str, out: Path, study: str) -> List[Path]:
+def robustness_figure(table: pd.DataFrame, families: Sequence[str], reference: str, out: Path,
+                      study: str) -> List[Path]:
     """mCE along the path beside top-1, and CE per family."""
     n = len(table)
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 0.36 * n + 2.2), gridspec_kw={"width_ratios": [1, 1, 1.6]})
@@ -272,10 +270,10 @@ def figure(table: pd.DataFrame, families: Sequence[str], reference: str, out: Pa
     family_map(a3, table, families)
     fig.suptitle(f"Corruption robustness along the path: {Path(study).name} (95% intervals over seeds)", fontsize=11)
     fig.tight_layout()
-    return designs.save(fig, out, "robustness")
+    return design_figures.save(fig, out, "robustness")
 
 
-def options(parser: argparse.ArgumentParser) -> None:
+def robustness_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=IMAGES, help=f"test images per set (default {IMAGES}: "
                         "a fixed subset drawn with seed 0; 71 sets of them per run)")
     parser.add_argument("--reference", default=REFERENCE, help=f"the step whose errors are 100 (default "
@@ -287,7 +285,7 @@ check = checkpoints.at_least({"images": 1, "threads": 1, "seed": 0})
 
 
 def main(argv: Sequence[str] = ()) -> None:
-    checkpoints.main(argv, "python -m analysis.robustness", __doc__, measure_study, options, check)
+    checkpoints.main(argv, "python -m analysis.robustness", __doc__, measure_robustness, robustness_options, check)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,28 @@
-"""roadmap: every network on the ConvNeXt paper's path from ResNet to ConvNeXt."""
+"""roadmap: every network on the ConvNeXt paper's path from ResNet to ConvNeXt.
+
+Its modules stand in floors along the data flow: each imports only from the floors below
+its own (tests/test_house.py holds this map and checks it). Top down:
+
+    12  sweep
+    11  progress
+    10  train
+     9  bench
+     8  bench_report
+     7  wall_time, inspect, export
+     6  complexity, engine, loggers, cli, results, designs, timm_models
+     5  config
+     4  data
+     3  augment
+     2  recipe, references
+     1  model, randaugment, machine, rundir, weights, factors
+     0  errors, paper, stats, tables
+"""
 
 from roadmap.config import STEPS, compose, expand_steps
 from roadmap.errors import ConfigError, DataError, ResultsError, RoadmapError, RunDirError, WeightImportError
-from roadmap.complexity import Complexity
+from roadmap.complexity import Complexity, complexity
 from roadmap.config import model_config
 from roadmap.model import ConvNet, ModelConfig
-from roadmap.steps import complexity
 
 
 def build_model(cfg) -> ConvNet:

@@ -6,10 +6,11 @@ against the reference implementations of its two ends and the machine's own limi
     python -m roadmap.bench device=cuda                # the GPU table: r50 ends at 224, bf16
 
 What it measures, all in one process, on identical random input:
-  - train (forward, cross-entropy, backward, AdamW step) and inference images/s of every
-    step: micro at 32x32 (Fashion-MNIST's shapes), r50 at 64x64 (3 channels, 1000
-    classes), and the two ends of r200; repetitions interleaved across all networks,
-    the median kept;
+  - train and inference images/s of every step: micro at 32x32 (Fashion-MNIST's shapes),
+    r50 at 64x64 (3 channels, 1000 classes), and the two ends of r200; repetitions
+    interleaved across all networks, the median kept. The train step is the trainer's
+    own (roadmap.engine.optimizer_step: forward, cross-entropy, backward, the step's
+    optimizer and schedule), on the training state the trainer builds;
   - the references at both ends, built with the same depths, widths and drop-path rate
     and checked to be the same network (our importer loads their weights strictly), and
     ours / theirs;
@@ -19,37 +20,39 @@ What it measures, all in one process, on identical random input:
   - the data pipeline (Fashion-MNIST batches with the convnext recipe's augmentation)
     against the micro networks' training images/s;
   - the time to count params and MACs of every step of r50 and r200 (compose + count).
-The table is printed and written to <out>/bench_<device>.md and .csv.
+The table is printed and written to <out>/bench_<device>.md and .csv. The references are
+built in roadmap/references.py; the records, the targets, the table and the verdicts are
+in roadmap/bench_report.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from roadmap.cli import one_line_errors, read_argv
-from roadmap.steps import complexity, count_steps
-from roadmap.config import STEPS, compose, expand_steps, model_config, validate
 from roadmap import wall_time
+from roadmap.bench_report import DATA_BATCH, MATMUL, BenchedNetwork, BenchResult, Measured, report, write_bench
+from roadmap.cli import one_line_errors, read_argv
+from roadmap.complexity import complexity, count_steps
+from roadmap.config import STEPS, RunConfig, compose, expand_steps, validate
 from roadmap.data import Data
+from roadmap.engine import TrainState, optimizer_step, state_for
 from roadmap.errors import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, DataError, check_ranges
-from roadmap.machine import Machine, autocast, keep_freed_memory, library_versions
+from roadmap.machine import Machine, keep_freed_memory
 from roadmap.model import ConvNet, ModelConfig
-from roadmap.weights import WeightImportError, import_weights
+from roadmap.references import REFERENCES, same_network
 
 # (resolution, batch) per regime and device: the same for ours and the references.
 SHAPES = {
@@ -57,14 +60,17 @@ SHAPES = {
     "cuda": {"micro": (32, 1024), "r50": (224, 128), "r200": (224, 64)},
 }
 ENDS = ("resnet", "separate_downsampling")
-PAPER_A100_CONVNEXT_T = 1943.5  # img/s, inference, A100, TF32, channels-last (Table 1)
+SCHEDULE_STEPS = 1000  # optimizer steps per epoch the schedule is built for: any will do, steps cost the same anywhere
 
 
 @dataclass
 class BenchConfig:
+    """What `python -m roadmap.bench` measures, and where its table goes."""
+
     device: str = "cpu"
     """cpu, or cuda (bf16 autocast, channels-last, each network also under torch.compile)."""
     regimes: List[str] = field(default_factory=lambda: ["micro", "r50", "r200"])
+    """The regimes timed, each at its SHAPES."""
     steps: str = "all"
     """Steps of micro and r50 (all, or a comma list); r200 runs its two ends only."""
     reps: int = 5
@@ -90,99 +96,43 @@ class BenchConfig:
 
 @dataclass
 class Entry:
-    regime: str
-    name: str  # the step, or the reference's name
-    impl: str  # roadmap, torchvision or timm
+    """One network to measure: which it is, how it is built, and the run it trains as."""
+
+    network: BenchedNetwork
+    """Which network (its row of the table)."""
     build: Callable[[ModelConfig], nn.Module]
-    cfg: ModelConfig  # the step's network (a reference is built from the same config)
-    ours: Optional[str] = None  # a reference: the step it is the same network as
-    compiled: bool = False
-    result: Dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- references
-
-
-def torchvision_resnet(cfg: ModelConfig) -> nn.Module:
-    """torchvision's ResNet class with the config's depths and widths (resnet50 for r50;
-    torchvision has no resnet200 builder but its class builds one)."""
-    from torchvision.models.resnet import Bottleneck, ResNet
-
-    m = ResNet(Bottleneck, cfg.depths, num_classes=cfg.num_classes)
-    if cfg.widths != [64, 128, 256, 512] or cfg.in_chans != 3:  # its constructor fixes these: rebuild them its way
-        m.inplanes = cfg.widths[0]
-        m.conv1 = nn.Conv2d(cfg.in_chans, cfg.widths[0], 7, 2, 3, bias=False)
-        m.bn1 = nn.BatchNorm2d(cfg.widths[0])
-        for i, (depth, width) in enumerate(zip(cfg.depths, cfg.widths)):
-            setattr(m, f"layer{i + 1}", m._make_layer(Bottleneck, width, depth, stride=1 if i == 0 else 2))
-        m.fc = nn.Linear(cfg.widths[-1] * 4, cfg.num_classes)
-    return m
-
-
-def timm_resnet(cfg: ModelConfig) -> nn.Module:
-    from timm.models.resnet import Bottleneck, ResNet
-
-    return ResNet(Bottleneck, cfg.depths, channels=cfg.widths, in_chans=cfg.in_chans, num_classes=cfg.num_classes)
-
-
-def torchvision_convnext(cfg: ModelConfig) -> nn.Module:
-    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
-
-    widths = cfg.widths + [None]
-    setting = [CNBlockConfig(widths[i], widths[i + 1], d) for i, d in enumerate(cfg.depths)]
-    m = ConvNeXt(
-        setting, stochastic_depth_prob=cfg.drop_path_rate, layer_scale=cfg.layer_scale, num_classes=cfg.num_classes
-    )
-    if cfg.in_chans != 3 or cfg.patch_size != 4:  # its stem conv is fixed at 3 channels, 4x4
-        m.features[0][0] = nn.Conv2d(cfg.in_chans, cfg.widths[0], cfg.patch_size, cfg.patch_size)
-    return m
-
-
-def timm_convnext(cfg: ModelConfig) -> nn.Module:
-    from timm.models.convnext import ConvNeXt
-
-    return ConvNeXt(in_chans=cfg.in_chans, num_classes=cfg.num_classes, depths=cfg.depths, dims=cfg.widths,
-                    drop_path_rate=cfg.drop_path_rate, ls_init_value=cfg.layer_scale, patch_size=cfg.patch_size)
-
-
-HAS_TIMM = importlib.util.find_spec("timm") is not None  # a test extra: without it, torchvision's references only
-
-# Each end's references: (implementation, builder, whether it can build this config).
-REFERENCES = {
-    "resnet": [
-        ("torchvision", torchvision_resnet, lambda c: True),
-        ("timm", timm_resnet, lambda c: HAS_TIMM and c.widths[0] == 64),
-    ],  # timm's stem is 64 channels whatever the widths
-    "separate_downsampling": [
-        ("torchvision", torchvision_convnext, lambda c: True),
-        ("timm", timm_convnext, lambda c: HAS_TIMM),
-    ],
-}
+    """ConvNet, or a reference's builder (roadmap.references), applied to the run's model config."""
+    run: RunConfig
+    """The step's run at the benchmark's batch and compile setting: what the trainer would train."""
 
 
 def overrides_for(regime: str, device: str) -> List[str]:
+    """The overrides that compose a step in `regime` at the benchmark's resolution."""
     resolution = SHAPES[device][regime][0]
     data = [] if regime == "micro" else ["data=imagenet", f"data.image_size={resolution}"]
     return [f"regime={regime}", *data]
 
 
+def bench_run(step: str, regime: str, device: str, compiled: bool) -> RunConfig:
+    """The step's run config as the benchmark trains it: the regime's shapes, its batch, compiled or not."""
+    batch = SHAPES[device][regime][1]
+    run = validate(compose(step, *overrides_for(regime, device), f"recipe.batch_size={batch}"))
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, compile=compiled))
+
+
 def entries(cfg: BenchConfig) -> List[Entry]:
+    """Every network to time, regime by regime: each step, then its references."""
     out = []
     for regime in cfg.regimes:
-        steps = (
-            expand_steps(cfg.steps)
-            if regime != "r200"
-            else [s for s in ENDS if s in expand_steps(cfg.steps)] or list(ENDS)
-        )
+        chosen = expand_steps(cfg.steps)
+        steps = chosen if regime != "r200" else [s for s in ENDS if s in chosen] or list(ENDS)
         for step in steps:
-            mcfg = model_config(compose(step, *overrides_for(regime, cfg.device)))
-            variants = [False, True] if cfg.device == "cuda" else [False]
-            for compiled in variants:
-                out.append(Entry(regime, step, "roadmap", ConvNet, mcfg, compiled=compiled))
+            for compiled in [False, True] if cfg.device == "cuda" else [False]:
+                run = bench_run(step, regime, cfg.device, compiled)
+                out.append(Entry(BenchedNetwork(regime, step, "roadmap", compiled), ConvNet, run))
                 if cfg.references:
-                    for impl, build, fits in REFERENCES.get(step, []):
-                        if fits(mcfg):
-                            out.append(Entry(regime, step, impl, build, mcfg, ours=step, compiled=compiled))
+                    out += [Entry(BenchedNetwork(regime, step, impl, compiled), build, run)
+                            for impl, build, fits in REFERENCES.get(step, []) if fits(run.model)]
     return out
 
 
@@ -190,40 +140,36 @@ def entries(cfg: BenchConfig) -> List[Entry]:
 
 
 class Runner:
-    """One network, ready to train and infer on the batch, and to be timed."""
+    """One network in the training state the trainer builds, ready to train and infer on
+    one batch, and to be timed."""
 
-    def __init__(
-        self, entry: Entry, device: torch.device, batch: int, resolution: int, in_chans: int, num_classes: int
-    ):
-        self.device = device
+    def __init__(self, entry: Entry, device: torch.device, resolution: int):
+        self.device, self.run = device, entry.run
         torch.manual_seed(0)
-        self.model = entry.build(entry.cfg).to(device, memory_format=torch.channels_last)
-        self.net = torch.compile(self.model) if entry.compiled else self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        model = entry.build(entry.run.model)
+        self.state: TrainState = state_for(model, entry.run, Machine(0, 1, 0, device), SCHEDULE_STEPS)
+        batch, mcfg = entry.run.recipe.batch_size, entry.run.model
         g = torch.Generator().manual_seed(0)
         self.x = (
-            torch.randn(batch, in_chans, resolution, resolution, generator=g)
+            torch.randn(batch, mcfg.in_chans, resolution, resolution, generator=g)
             .to(device)
             .contiguous(memory_format=torch.channels_last)
         )
-        self.y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
-        self.batch = batch
-        self._autocast = autocast(device, bf16=True)  # as the trainer: bf16 on CUDA, fp32 on the CPU
+        self.y = torch.randint(0, mcfg.num_classes, (batch,), generator=g).to(device)
 
     def train_step(self) -> None:
-        self.model.train()
-        with self._autocast():
-            loss = F.cross_entropy(self.net(self.x).float(), self.y)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        """One step of the trainer's (engine.optimizer_step), in training mode."""
+        self.state.model.train()
+        optimizer_step(self.state, self.x, self.y, self.run, world=1)
 
     def infer_step(self) -> None:
-        self.model.eval()
-        with torch.inference_mode(), self._autocast():
-            self.net(self.x)
+        """One forward pass of the batch in eval mode, in the trainer's number format."""
+        self.state.model.eval()
+        with torch.inference_mode(), self.state.forward_format():
+            self.state.net(self.x)
 
     def seconds(self, fn: Callable[[], None], iters: int) -> float:
+        """Seconds per call of `fn`, over `iters` calls."""
         _sync(self.device)
         t = time.perf_counter()
         for _ in range(iters):
@@ -233,23 +179,21 @@ class Runner:
 
     def peak_memory_mb(self) -> float:
         """Peak memory of one training step of this network alone: what of it is live before
-        the step (weights, optimizer state, batch) plus the most the step allocates on top
-        (activations, gradients). Other networks held on the same device do not count."""
-        live = (
-            sum(t.numel() * t.element_size() for t in _tensors(self.model, self.optimizer))
-            + self.x.nbytes
-            + self.y.nbytes
-        )
+        the step (weights, optimizer state, EMA, batch) plus the most the step allocates on
+        top (activations, gradients). Other networks held on the same device do not count."""
+        live = sum(t.numel() * t.element_size() for t in _tensors(self.state)) + self.x.nbytes + self.y.nbytes
         if self.device.type == "cuda":
             return (live + cuda_step_growth(self.train_step, self.device)) / 2**20
         return (live + cpu_step_growth(self.train_step)) / 2**20
 
 
-def _tensors(model: nn.Module, optimizer: torch.optim.Optimizer):
-    yield from model.parameters()
-    yield from model.buffers()
-    for state in optimizer.state.values():
-        yield from (v for v in state.values() if torch.is_tensor(v))
+def _tensors(state: TrainState) -> Iterator[torch.Tensor]:
+    for module in (state.model, state.ema):
+        if module is not None:
+            yield from module.parameters()
+            yield from module.buffers()
+    for values in state.optimizer.state.values():
+        yield from (v for v in values.values() if torch.is_tensor(v))
 
 
 def cuda_step_growth(fn: Callable[[], None], device: torch.device) -> int:
@@ -283,9 +227,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(device: torch.device, n: int) -> Callable[[], float]:
-    """One timing of a dense n x n matrix product (fp32 on the CPU, bf16 on a GPU)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def matmul_gflops(device: torch.device) -> Callable[[], float]:
+    """One timing of the device's dense matrix product (bench_report.MATMUL: fp32 on the CPU, bf16 on a GPU)."""
+    number, n = MATMUL[device.type]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[number]
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
 
     def once() -> float:
@@ -301,11 +246,11 @@ def matmul_gflops(device: torch.device, n: int) -> Callable[[], float]:
 
 def data_pipeline(device: torch.device) -> Optional[Callable[[int], float]]:
     """Images/s of the training data path for Fashion-MNIST under the convnext recipe's
-    augmentation at full strength (budget=paper), batch 256: batching, crop and flip,
+    augmentation at full strength (budget=paper), batch DATA_BATCH: batching, crop and flip,
     RandAugment, erasing, MixUp/CutMix, channels-last. None if the data is missing."""
-    run = validate(compose("separate_downsampling", "budget=paper", "recipe.batch_size=256"))
+    run = validate(compose("separate_downsampling", "budget=paper", f"recipe.batch_size={DATA_BATCH}"))
     try:
-        data = Data(run.data, run.recipe, run.seed, Machine(0, 1, 0, device), 256)
+        data = Data(run.data, run.recipe, run.seed, Machine(0, 1, 0, device), DATA_BATCH)
     except DataError:
         return None
     g = torch.Generator().manual_seed(0)
@@ -323,15 +268,18 @@ def data_pipeline(device: torch.device) -> Optional[Callable[[int], float]]:
             x, _ = data.augment.mix_batch(x, labels)
             x.contiguous(memory_format=torch.channels_last)
         _sync(device)
-        return batches * 256 / (time.perf_counter() - t)
+        return batches * DATA_BATCH / (time.perf_counter() - t)
 
     return images_per_s
+
+
+COUNTED_REGIMES = ("r50", "r200")  # the regimes whose every step time_counting composes and counts
 
 
 def time_counting() -> float:
     """Seconds to compose and count params + MACs of every step of r50 and r200."""
     t = time.perf_counter()
-    for regime in ("r50", "r200"):
+    for regime in COUNTED_REGIMES:
         count_steps(STEPS, f"regime={regime}", "data=imagenet", resolution=224)
     return time.perf_counter() - t
 
@@ -339,7 +287,26 @@ def time_counting() -> float:
 # ----------------------------------------------------------------------------- the run
 
 
-def run(cfg: BenchConfig) -> Dict:
+@dataclass
+class Rates:
+    """The machine's own rates, timed once per repetition beside the networks."""
+
+    time_matmul: Callable[[], float]
+    """One timing of the dense matrix product (GFLOP/s)."""
+    time_data: Optional[Callable[[int], float]]
+    """Images/s of that many batches of the data pipeline (None: no data here, or not asked)."""
+    matmul: List[float] = field(default_factory=list)
+    """The matrix product's rate, one figure per repetition."""
+    data: List[float] = field(default_factory=list)
+    """The data pipeline's images/s, one figure per repetition of the micro regime."""
+
+    def data_img_s(self) -> Optional[float]:
+        """The data pipeline's median images/s (None: not measured)."""
+        return statistics.median(self.data) if self.data else None
+
+
+def benchmark(cfg: BenchConfig) -> BenchResult:
+    """Measure everything `cfg` asks for, regime by regime (all of r50 with its optimizer state is ~7 GB)."""
     device = torch.device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -350,228 +317,54 @@ def run(cfg: BenchConfig) -> Dict:
     counting = time_counting() if cfg.count else None
     steps = expand_steps(cfg.steps)  # the default study's runs: all steps for make bench
     study = wall_time.project(steps, seconds=max(cfg.seconds, 0.2)) if cfg.study and device.type == "cpu" else None
-
     todo = entries(cfg)
-    matmul = matmul_gflops(device, 8192 if device.type == "cuda" else 2048)
-    pipeline = data_pipeline(device) if cfg.data and "micro" in cfg.regimes else None
-    matmul_rates, data_rates = [], []
-    for regime in cfg.regimes:  # one regime's networks at a time: all of r50 with AdamW state is ~7 GB
-        group = [e for e in todo if e.regime == regime]
-        runners = [prepare(e, device, cfg) for e in group]
-        for rep in range(cfg.reps):  # interleaved: every network sees the machine in the same states
-            matmul_rates.append(matmul())
-            if pipeline is not None and regime == "micro":
-                data_rates.append(pipeline(20))
-            for e, r in zip(group, runners):
-                it, ii = e.result["iters"]
-                e.result.setdefault("train_s", []).append(r.seconds(r.train_step, it))
-                e.result.setdefault("infer_s", []).append(r.seconds(r.infer_step, ii))
-            print(f"  {regime}: repetition {rep + 1}/{cfg.reps} done", flush=True)
-        del runners
-
-    peak = statistics.median(matmul_rates)
-    for e in todo:
-        res = e.result
-        res["train_img_s"] = res["batch"] / statistics.median(res["train_s"])
-        res["infer_img_s"] = res["batch"] / statistics.median(res["infer_s"])
-        res["train_gflop_s"] = 6 * res["gmacs"] * res["train_img_s"]
-        res["matmul_share"] = res["train_gflop_s"] / peak
-    by_key = {(e.regime, e.name, e.impl, e.compiled): e for e in todo}
-    for e in todo:
-        if e.ours:
-            ours = by_key[(e.regime, e.ours, "roadmap", e.compiled)].result
-            e.result["ratio_train"] = ours["train_img_s"] / e.result["train_img_s"]
-            e.result["ratio_infer"] = ours["infer_img_s"] / e.result["infer_img_s"]
-            for kind in ("train", "infer"):  # per repetition: theirs and ours timed in the same pass
-                reps = [t / o for t, o in zip(e.result[f"{kind}_s"], ours[f"{kind}_s"])]
-                e.result[f"ratio_{kind}_spread"] = (min(reps), max(reps))
-    return {"entries": todo, "matmul_gflops": peak, "data_img_s": statistics.median(data_rates) if data_rates else None,
-            "counting_s": counting, "study": study}
+    rates = Rates(matmul_gflops(device), data_pipeline(device) if cfg.data and "micro" in cfg.regimes else None)
+    measured: List[Measured] = []
+    for regime in cfg.regimes:
+        measured += time_regime(regime, [e for e in todo if e.network.regime == regime], device, cfg, rates)
+    return BenchResult(measured, statistics.median(rates.matmul), rates.data_img_s(), counting,
+                       len(COUNTED_REGIMES) * len(STEPS), study)
 
 
-def prepare(e: Entry, device: torch.device, cfg: BenchConfig) -> Runner:
-    """Build, check, warm up and size one network's measurement."""
-    resolution, batch = SHAPES[cfg.device][e.regime]
-    mcfg = e.cfg
-    r = Runner(e, device, batch, resolution, mcfg.in_chans, mcfg.num_classes)
-    e.result.update(params=sum(p.numel() for p in r.model.parameters()), batch=batch, resolution=resolution)
-    e.result["gmacs"] = complexity(mcfg, resolution).gmacs
-    if e.ours:
-        e.result["same_network"] = same_network(ConvNet(mcfg), r.model)
+def time_regime(regime: str, group: List[Entry], device: torch.device, cfg: BenchConfig,
+                rates: Rates) -> List[Measured]:
+    """One regime's networks, prepared together and timed in interleaved repetitions, so
+    that every network sees the machine in the same states."""
+    prepared = [prepare(e, device, cfg) for e in group]
+    for rep in range(cfg.reps):
+        rates.matmul.append(rates.time_matmul())
+        if rates.time_data is not None and regime == "micro":
+            rates.data.append(rates.time_data(20))
+        for runner, m, (it, ii) in prepared:
+            m.train_s.append(runner.seconds(runner.train_step, it))
+            m.infer_s.append(runner.seconds(runner.infer_step, ii))
+        print(f"  {regime}: repetition {rep + 1}/{cfg.reps} done", flush=True)
+    return [m for _, m, _ in prepared]
+
+
+def prepare(e: Entry, device: torch.device, cfg: BenchConfig) -> Tuple[Runner, Measured, Tuple[int, int]]:
+    """Build, check, warm up and size one network's measurement: its runner, its record and
+    its (train, inference) steps per repetition."""
+    resolution, batch = SHAPES[cfg.device][e.network.regime]
+    r = Runner(e, device, resolution)
+    params = sum(p.numel() for p in r.state.model.parameters())
+    gmacs = complexity(e.run.model, resolution).gmacs
+    same = same_network(ConvNet(e.run.model), r.state.model) if e.network.reference else None
     for _ in range(2):
         r.train_step()
         r.infer_step()
-    e.result["peak_memory_mb"] = r.peak_memory_mb()
+    m = Measured(e.network, resolution, batch, params, gmacs, r.peak_memory_mb(), same)
     t_train, t_infer = r.seconds(r.train_step, 1), r.seconds(r.infer_step, 1)
-    e.result["iters"] = (max(1, round(cfg.seconds / t_train)), max(1, round(cfg.seconds / t_infer)))
-    print(f"  ready {e.regime:5s} {e.impl:11s} {e.name}{' (compiled)' if e.compiled else ''}", flush=True)
-    return r
+    iters = (max(1, round(cfg.seconds / t_train)), max(1, round(cfg.seconds / t_infer)))
+    print(f"  ready {e.network.regime:5s} {e.network.impl:11s} {e.network.label}", flush=True)
+    return r, m, iters
 
 
-def same_network(ours: nn.Module, ref: nn.Module) -> bool:
-    try:
-        import_weights(ours, ref.state_dict())
-    except WeightImportError:
-        return False
-    return True
+# ----------------------------------------------------------------------------- the command
 
 
-# ----------------------------------------------------------------------------- the report
-
-COLUMNS = [
-    ("regime", "regime", "{}"), ("network", "network", "{}"), ("impl", "implementation", "{}"),
-    ("params_m", "params (M)", "{:.2f}"), ("gmacs", "GMACs", "{:.4g}"), ("batch", "batch", "{}"),
-    ("train_img_s", "train img/s", "{:.0f}"), ("infer_img_s", "infer img/s", "{:.0f}"),
-    ("train_gflop_s", "train GFLOP/s", "{:.1f}"), ("matmul_pct", "% of matmul", "{:.0f}%"),
-    ("peak_memory_mb", "peak MB", "{:.0f}"), ("ratio_train", "ours/this train", "{:.2f}"),
-    ("ratio_infer", "ours/this infer", "{:.2f}"),
-]
-
-
-def rows(result: Dict) -> List[Dict]:
-    out = []
-    for e in result["entries"]:
-        r = e.result
-        name = f"{e.name}{' (compiled)' if e.compiled else ''}"
-        if e.ours:
-            name = f"{name} (same network: {'yes' if r['same_network'] else 'NO'})"
-        out.append(
-            {
-                "regime": f"{e.regime} @{r['resolution']}",
-                "network": name,
-                "impl": e.impl,
-                "params_m": r["params"] / 1e6,
-                "gmacs": r["gmacs"],
-                "batch": r["batch"],
-                "train_img_s": r["train_img_s"],
-                "infer_img_s": r["infer_img_s"],
-                "train_gflop_s": r["train_gflop_s"],
-                "matmul_pct": 100 * r["matmul_share"],
-                "peak_memory_mb": r["peak_memory_mb"],
-                "ratio_train": r.get("ratio_train"),
-                "ratio_infer": r.get("ratio_infer"),
-            }
-        )
-    return out
-
-
-def markdown(table: List[Dict]) -> str:
-    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * len(COLUMNS)]
-    for row in table:
-        cells = ["" if row[k] is None else fmt.format(row[k]) for k, _, fmt in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def targets(result: Dict, device: str) -> List[str]:
-    """The issue's targets, each with the measured figure and PASS or MISS."""
-    entries = result["entries"]
-    lines = [f"dense matmul ({'bf16 8192' if device == 'cuda' else 'fp32 2048'}^2): "
-             f"{result['matmul_gflops']:.1f} GFLOP/s (median)"]
-    for e in (e for e in entries if e.ours and e.regime in ("micro", "r50")):
-        r = e.result
-        ok = r["ratio_train"] >= 1.0 and r["ratio_infer"] >= 1.0
-        spread = [r[f"ratio_{k}_spread"] for k in ("train", "infer")]
-        medians = (r["ratio_train"], r["ratio_infer"])
-        within = not ok and all(hi >= 1.0 for (_, hi), m in zip(spread, medians) if m < 1.0)
-        lines.append(f"ours / {e.impl} {e.name} ({e.regime}{', compiled' if e.compiled else ''}): "
-                     f"train {r['ratio_train']:.2f} ({spread[0][0]:.2f}-{spread[0][1]:.2f}), inference "
-                     f"{r['ratio_infer']:.2f} ({spread[1][0]:.2f}-{spread[1][1]:.2f}) (target >= 1.0, per-repetition "
-                     f"range in brackets): {verdict(ok)}{' (1.0 is inside the run-to-run range)' if within else ''}")
-    r50 = [e for e in entries if e.regime == "r50" and e.impl == "roadmap" and not e.compiled]
-    if r50 and device == "cpu":
-        worst = min(r50, key=lambda e: e.result["matmul_share"])
-        median = statistics.median(e.result["matmul_share"] for e in r50)
-        lines.append(f"r50 training FLOP rate: lowest {100 * worst.result['matmul_share']:.0f}% of matmul "
-                     f"({worst.name}), median {100 * median:.0f}% (target >= 35%): "
-                     f"{verdict(worst.result['matmul_share'] >= 0.35)}")
-    lines += data_and_counting_targets(result, entries)
-    if device == "cuda":
-        for e in entries:
-            if e.regime == "r50" and e.name == "separate_downsampling" and e.impl == "roadmap":
-                lines.append(f"ConvNeXt-T inference{' (compiled)' if e.compiled else ''}: "
-                             f"{e.result['infer_img_s']:.0f} img/s, paper (A100, TF32): {PAPER_A100_CONVNEXT_T} img/s")
-    return lines
-
-
-def data_and_counting_targets(result: Dict, entries: List[Entry]) -> List[str]:
-    lines = []
-    micro = [e for e in entries if e.regime == "micro" and e.impl == "roadmap"]
-    if result["data_img_s"] is not None and micro:
-        fastest = max(micro, key=lambda e: e.result["train_img_s"])
-        ratio = result["data_img_s"] / fastest.result["train_img_s"]
-        lines.append(f"data pipeline (Fashion-MNIST, convnext recipe augmentation, batch 256): "
-                     f"{result['data_img_s']:.0f} img/s = {ratio:.1f}x the fastest micro training "
-                     f"({fastest.name}, {fastest.result['train_img_s']:.0f} img/s) "
-                     f"(target >= 10x): {verdict(ratio >= 10)}")
-    elif micro:
-        lines.append("data pipeline: not measured (no Fashion-MNIST here: make data)")
-    if result["counting_s"] is not None:
-        lines.append(f"compose + count params and MACs of all {2 * len(STEPS)} steps of r50 and r200: "
-                     f"{result['counting_s']:.2f} s (target <= 5 s): {verdict(result['counting_s'] <= 5)}")
-    return lines
-
-
-def machine(device: torch.device) -> str:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
-    return f"{where}; " + ", ".join(f"{k} {v}" for k, v in library_versions("timm").items())
-
-
-def report(result: Dict, cfg: BenchConfig, command: str) -> str:
-    device = torch.device(cfg.device)
-    lines = [f"Machine: {machine(device)}", f"Command: `{command}`",
-             f"Train step: forward, cross-entropy, backward, AdamW; {'bf16 autocast, ' if cfg.device == 'cuda' else ''}"
-             f"channels-last; median of {cfg.reps} interleaved repetitions.", "",
-             markdown(rows(result)), "", *[f"- {t}" for t in targets(result, cfg.device)]]
-    if result.get("study"):
-        lines += ["", *study_lines(result["study"])]
-    return "\n".join(lines) + "\n"
-
-
-def study_lines(study: Dict) -> List[str]:
-    """The default study's projected wall time both ways, and the rates behind it."""
-    n, cores, epochs = len(study["alone"]), study["cores"], study["epochs"]
-    old, new = study["old_s"], study["new_s"]
-    lines = [f"Default study ({n} runs of {epochs} epochs, Fashion-MNIST 60k train / 10k test), projected wall time: "
-             f"one run at a time on {cores} threads {old / 60:.1f} min; {cores} runs side by side, 1 thread each "
-             f"{new / 60:.1f} min ({new / old:.2f}x).", "",
-             f"| step | train img/s, alone ({cores} threads) | test img/s, alone | train img/s, side by side (each) "
-             "| test img/s, side by side (each) |", "|---|---|---|---|---|"]
-    for a, b in zip(study["alone"], study["shared"]):
-        lines.append(f"| {a.step} | {a.train_img_s:.0f} | {a.test_img_s:.0f} | {b.train_img_s:.0f} "
-                     f"| {b.test_img_s:.0f} |")
-    return lines
-
-
-def write(result: Dict, cfg: BenchConfig, text: str) -> List[Path]:
-    import pandas as pd
-
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    md, csv = out / f"bench_{cfg.device}.md", out / f"bench_{cfg.device}.csv"
-    md.write_text(text)
-    pd.DataFrame(rows(result)).to_csv(csv, index=False)
-    return [md, csv]
-
-
-def parse(argv: List[str]) -> BenchConfig:
+def parse_config(argv: List[str]) -> BenchConfig:
+    """The options of `python -m roadmap.bench`, checked (ConfigError, one line)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(BenchConfig), OmegaConf.from_dotlist(argv))
         cfg: BenchConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -597,15 +390,15 @@ def parse(argv: List[str]) -> BenchConfig:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = read_argv(__doc__, "steps=resnet reps=1", argv)
     with one_line_errors():
-        cfg = parse(argv)
+        cfg = parse_config(argv)
         try:
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"out={cfg.out} cannot be created ({e.strerror}): choose a writable directory") from e
-    result = run(cfg)
-    text = report(result, cfg, " ".join(["python -m roadmap.bench", *argv]))
+    result = benchmark(cfg)
+    text = report(result, cfg.device, cfg.reps, " ".join(["python -m roadmap.bench", *argv]))
     print(text)
-    for path in write(result, cfg, text):
+    for path in write_bench(result, Path(cfg.out), cfg.device, text):
         print(f"wrote {path}")
     return 0
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from roadmap import factors as F
+from roadmap import factors
 from roadmap.config import Design, DesignConfig
 from roadmap.errors import ConfigError
 
@@ -47,23 +47,23 @@ class Skipped:
 
 def expand(design: DesignConfig) -> Tuple[List[Network], List[Skipped]]:
     """The networks of a design, and the combinations it leaves out with their reasons."""
-    chosen = list(design.factors) if design.factors is not None else list(F.NAMES)
+    chosen = list(design.factors) if design.factors is not None else list(factors.NAMES)
     return EXPANDERS[design.name](design, chosen)
 
 
 def _leave_one_out(design: DesignConfig, chosen: Sequence[str]) -> Tuple[List[Network], List[Skipped]]:
-    full = {name: True for name in F.NAMES}
+    full = {name: True for name in factors.NAMES}
     nets = [Network("convnext", "ConvNeXt: every factor at its ConvNeXt level", full)]
     for name in chosen:
-        levels = F.revert(full, name)
-        also = [n for n in F.NAMES if n != name and not levels[n]]
+        levels = factors.revert(full, name)
+        also = [n for n in factors.NAMES if n != name and not levels[n]]
         change = f"ConvNeXt without {name}" + (f" (and so without {', '.join(also)})" if also else "")
         nets.append(Network(f"convnext-minus-{name}", change, levels, reference="convnext"))
     return nets, []
 
 
 def _add_one(design: DesignConfig, chosen: Sequence[str]) -> Tuple[List[Network], List[Skipped]]:
-    base = F.levels_at(1)  # the ResNet with the modern recipe
+    base = factors.levels_at(1)  # the ResNet with the modern recipe
     nets, skipped = (
         [Network("modern_resnet", "ResNet with the modern recipe: every other factor at its ResNet level", base)],
         [],
@@ -72,7 +72,7 @@ def _add_one(design: DesignConfig, chosen: Sequence[str]) -> Tuple[List[Network]
         if base[name]:
             continue  # modern_recipe is the base's own
         levels = {**base, name: True}
-        why = F.problem(levels)
+        why = factors.problem(levels)
         if why:
             skipped.append(Skipped(f"modern_resnet-plus-{name}", why))
         else:
@@ -89,15 +89,15 @@ def _random(design: DesignConfig, chosen: Sequence[str]) -> Tuple[List[Network],
     for _ in range(100 * design.samples):
         if len(nets) == design.samples:
             break
-        levels = {name: (rng.random() < 0.5) if name in chosen else True for name in F.NAMES}
-        name = "random-" + ("+".join(F.BY_NAME[n].short for n in F.NAMES if levels[n]) or "resnet")
+        levels = {name: (rng.random() < 0.5) if name in chosen else True for name in factors.NAMES}
+        name = "random-" + ("+".join(factors.BY_NAME[n].short for n in factors.NAMES if levels[n]) or "resnet")
         key = tuple(levels.values())
-        why = F.problem(levels) or (f"the same network as {seen[key]}" if key in seen else None)
+        why = factors.problem(levels) or (f"the same network as {seen[key]}" if key in seen else None)
         if why:
             skipped.append(Skipped(name, why))
             continue
         seen[key] = name
-        on = [n for n in F.NAMES if levels[n]]
+        on = [n for n in factors.NAMES if levels[n]]
         nets.append(Network(name, "factors on: " + (", ".join(on) if on else "none (the ResNet)"), levels))
     if len(nets) < design.samples:
         raise ConfigError(f"design.samples={design.samples} is more than the {len(nets)} distinct networks the chosen "
@@ -111,7 +111,7 @@ EXPANDERS = {Design.leave_one_out: _leave_one_out, Design.add_one: _add_one, Des
 def step_file(net: Network) -> str:
     """The network as a step file: the resnet step plus its levels' overrides."""
     groups, body = [], {"step": {"name": net.name, "change": net.change, "reference": net.reference}}
-    for o in OverridesParser.create().parse_overrides(F.overrides(net.levels)):
+    for o in OverridesParser.create().parse_overrides(factors.overrides(net.levels)):
         if "." not in o.key_or_group:  # a config group (recipe=convnext)
             groups.append(f"override /{o.key_or_group}: {o.value()}")
         else:

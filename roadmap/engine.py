@@ -77,7 +77,14 @@ def build_state(run: RunConfig, machine: Machine, steps_per_epoch: int) -> Train
     """The network (seeded by the run's seed), its optimizer, schedule and EMA, wrapped for
     DDP and torch.compile as the run asks."""
     torch.manual_seed(epoch_seed(run.seed, -1))
-    model = ConvNet(run.model).to(machine.device)
+    return state_for(ConvNet(run.model), run, machine, steps_per_epoch)
+
+
+def state_for(model: nn.Module, run: RunConfig, machine: Machine, steps_per_epoch: int) -> TrainState:
+    """The training state of a network already built (ours, or a reference the benchmark
+    times beside it): on the machine's device, with the run's optimizer, schedule and EMA,
+    wrapped as the run asks. What `optimizer_step` steps, whoever steps it."""
+    model = model.to(machine.device)
     if run.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, run.recipe)
@@ -143,7 +150,8 @@ def epoch_streams(seed: int, epoch: int, rank: int) -> Tuple[int, int]:
 def optimizer_step(state: TrainState, x: torch.Tensor, target: torch.Tensor, run: RunConfig, world: int) -> float:
     """Forward and backward over the batch's device-sized slices (gradient accumulation,
     DDP syncing on the last), then one step of the optimizer, schedule and EMA: the loss,
-    read from the device once per step (the mean over processes under DDP)."""
+    read from the device once per step (the mean over processes under DDP). The one train
+    step: the benchmark and the wall-time projection time this, not a copy of it."""
     recipe = run.recipe
     _, accum, micro = recipe.split(world)
     smoothing = recipe.scaled(recipe.label_smoothing)

@@ -170,7 +170,7 @@ def compare(eager: torch.Tensor, exported: torch.Tensor, tolerance: float) -> Tu
     return diff, tolerance * max(1.0, eager.abs().max().item())
 
 
-def check(exporter: Exporter, model: nn.Module, x: torch.Tensor, out: Path, tolerance: float) -> int:
+def check_written(exporter: Exporter, model: nn.Module, x: torch.Tensor, out: Path, tolerance: float) -> int:
     """Run the written file on x beside the eager network, print the difference and the tolerance; the exit code."""
     runner = exporter.load(out)
     if runner is None:
@@ -202,7 +202,8 @@ def parse(cmd: CommandLine) -> ExportConfig:
         raise ConfigError(f"{str(e).splitlines()[0]}: see python -m roadmap.export --help") from e
 
 
-def one_step(cmd: CommandLine) -> str:
+def single_step(cmd: CommandLine) -> str:
+    """The one step an export writes (ConfigError for none, several, or a sweep)."""
     steps = cmd.steps()
     if not steps:
         raise ConfigError("no step given: add +step=<name>, e.g. +step=gelu (see python -m roadmap.inspect +step=all)")
@@ -225,7 +226,8 @@ def build(cfg, opts: ExportConfig) -> Tuple[ConvNet, torch.Tensor]:
     return model, torch.randn(opts.batch, model.cfg.in_chans, side, side)
 
 
-def writable(out: str) -> Path:
+def output_path(out: str) -> Path:
+    """Where the export goes: a file whose folder exists or can be made (ConfigError otherwise)."""
     path = Path(out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,14 +239,14 @@ def writable(out: str) -> Path:
 
 
 def main(cmd: CommandLine) -> int:
-    step, opts = one_step(cmd), parse(cmd)
+    step, opts = single_step(cmd), parse(cmd)
     exporter = require(opts.format)
     cfg = compose(step, *cmd.app_lines("step", *OPTIONS))
-    out = writable(opts.out)  # type: ignore[arg-type]
+    out = output_path(opts.out)  # type: ignore[arg-type]
     model, x = build(cfg, opts)
     exporter.write(model, x, out)
     print(f"wrote {out}: {step} ({cfg.regime.name} regime), {opts.format.value}, input {tuple(x.shape)}")
-    return check(exporter, model, x, out, opts.tolerance)
+    return check_written(exporter, model, x, out, opts.tolerance)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ class Factor:
     """Whether a resolved config has the ConvNeXt level."""
     requires: Optional[str] = None
     """The factor this one is only defined on top of."""
+    reason: Optional[str] = None
+    """Why it has no meaning without `requires` (what `problem` says of such a combination)."""
 
 
 def _model(cfg: Config, key: str) -> Any:
@@ -95,6 +97,7 @@ FACTORS: Tuple[Factor, ...] = (
         (),
         lambda c: _model(c, "block") == "inverted_moved_up",
         requires="inverted_bottleneck",
+        reason="moving up is defined on the inverted bottleneck's depthwise conv",
     ),
     Factor(
         "kernel_7",
@@ -103,6 +106,7 @@ FACTORS: Tuple[Factor, ...] = (
         ("model.kernel_size=7",),
         lambda c: _model(c, "kernel_size") == 7,
         requires="move_up_depthwise",
+        reason="the paper enlarges the moved-up depthwise conv only",
     ),
     Factor(
         "gelu",
@@ -161,9 +165,7 @@ def problem(levels: Mapping[str, bool]) -> Optional[str]:
     """Why a combination of levels has no meaning, or None when it builds a network the paper's terms define."""
     for f in FACTORS:
         if f.requires and levels[f.name] and not levels[f.requires]:
-            why = {"move_up_depthwise": "moving up is defined on the inverted bottleneck's depthwise conv",
-                   "kernel_7": "the paper enlarges the moved-up depthwise conv only"}[f.name]
-            return f"{f.name} without {f.requires}: {why}"
+            return f"{f.name} without {f.requires}: {f.reason}"
     return None
 
 

@@ -18,15 +18,17 @@ from typing import List
 
 from roadmap import paper
 from roadmap.cli import CommandLine, run
-from roadmap.steps import complexity, map_steps
+from roadmap.complexity import complexity, map_steps
 from roadmap.config import ConfigError, compose, model_config
 
 
-def table(steps: List[str], overrides: List[str]) -> List[dict]:
-    return map_steps(partial(row, overrides=list(overrides)), list(steps))
+def step_rows(steps: List[str], overrides: List[str]) -> List[dict]:
+    """One step_row per step, the steps counted side by side on the machine's cores."""
+    return map_steps(partial(step_row, overrides=list(overrides)), list(steps))
 
 
-def row(step: str, overrides: List[str]) -> dict:
+def step_row(step: str, overrides: List[str]) -> dict:
+    """A step's params and MACs under `overrides`, beside the paper's GFLOPs where it has them."""
     cfg = compose(step, *overrides)
     here = complexity(cfg)
     out = {
@@ -80,7 +82,7 @@ def main(cmd: CommandLine) -> int:
     swept = cmd.sweeps("step")
     if swept:
         raise ConfigError(f"{swept[0].input_line} sweeps values: inspect counts one config per step, give one value")
-    print(render(table(cmd.steps() or ["resnet"], cmd.app_lines("step"))))
+    print(render(step_rows(cmd.steps() or ["resnet"], cmd.app_lines("step"))))
     return 0
 
 

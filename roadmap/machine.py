@@ -1,6 +1,6 @@
 """The machine a run trains on: its processes (DDP, from torchrun's or SLURM's variables),
 its device and number format, and what a run's summary records about it (library
-versions, code version, peak memory). The trainer and the benchmark share these."""
+versions, code version, peak memory, the CPU's name). The trainer and the benchmark share these."""
 
 from __future__ import annotations
 
@@ -224,6 +224,25 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def cpu_name() -> str:
+    """The CPU's model name, from /proc/cpuinfo on Linux (platform's guess elsewhere)."""
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        return platform.processor()
+    names = (line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name"))
+    return next(names, platform.processor())
+
+
+def describe(device: torch.device, *extra: str) -> str:
+    """The machine in one line, as a benchmark names it: the GPU, or the CPU and the threads
+    torch uses; then the library versions (with any `extra` package's)."""
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{cpu_name()}, {torch.get_num_threads()} threads"
+    return f"{where}; " + ", ".join(f"{k} {v}" for k, v in library_versions(*extra).items())
 
 
 def library_versions(*extra: str) -> Dict[str, str]:

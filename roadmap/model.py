@@ -31,7 +31,7 @@ paper leaves this open; it changes no FLOPs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -204,47 +204,35 @@ def make_activation(kind: Activation) -> nn.Module:
     return nn.ReLU(inplace=True) if kind is Activation.relu else nn.GELU()
 
 
+# Each block type's three convs, in order: (input, output) channels by name (the names are
+# Block's arguments below; hidden = expansion x width), and which of the three is the
+# spatial k x k conv, the one that strides.
+CONVS = {
+    BlockType.bottleneck: ((("in", "width"), ("width", "width"), ("width", "out")), 1),
+    BlockType.inverted: ((("in", "hidden"), ("hidden", "hidden"), ("hidden", "out")), 1),
+    BlockType.inverted_moved_up: ((("in", "in"), ("in", "hidden"), ("hidden", "out")), 0),
+}
+
+
 class Block(nn.Module):
     """One block: three convs with norms and activations, a shortcut, layer scale and
     stochastic depth. See the module docstring for the shapes and placements."""
 
     def __init__(self, cfg: ModelConfig, in_chs: int, out_chs: int, width: int, stride: int, drop_path: float):
+        """Args:
+            cfg: the network's config (block type, kernel, norms, activations, layer scale).
+            in_chs: channels coming in (the residual stream before the block).
+            out_chs: channels going out (the stage's residual stream).
+            width: a bottleneck's inner width (out_chs = expansion x width); an inverted
+                bottleneck's residual width, whose hidden layer is expansion x width.
+            stride: the spatial conv's stride (2 in a stage's first block, without
+                separate downsampling), and the projection shortcut's.
+            drop_path: this block's stochastic depth rate.
+        """
         super().__init__()
-        k, pad = cfg.kernel_size, cfg.kernel_size // 2
-        hidden = width * cfg.expansion
-        if cfg.block is BlockType.bottleneck:
-            # (in, out, kernel, stride) of each conv; the spatial conv is the second.
-            shapes = [(in_chs, width, 1, 1), (width, width, k, stride), (width, out_chs, 1, 1)]
-            spatial = 1
-        elif cfg.block is BlockType.inverted:
-            shapes = [(in_chs, hidden, 1, 1), (hidden, hidden, k, stride), (hidden, out_chs, 1, 1)]
-            spatial = 1
-        else:  # BlockType.inverted_moved_up
-            shapes = [(in_chs, in_chs, k, stride), (in_chs, hidden, 1, 1), (hidden, out_chs, 1, 1)]
-            spatial = 0
-
-        if cfg.fewer_norms:
-            has_norm = [i == spatial for i in range(3)]
-        else:
-            has_norm = [True, True, True]
-        if cfg.fewer_activations:
-            has_act = [False, True, False]  # after the middle conv only
-        else:
-            has_act = [True, True, False]  # ... and after the residual add, below
-
-        for i, ((cin, cout, kernel, s), norm, act) in enumerate(zip(shapes, has_norm, has_act), start=1):
-            is_spatial = i - 1 == spatial
-            groups = cin if is_spatial and cfg.depthwise else 1
-            bias = not (norm and cfg.norm is Norm.batch)
-            conv = (
-                nn.Conv2d(cin, cout, kernel, s, pad, groups=groups, bias=bias)
-                if is_spatial
-                else PointwiseConv(cin, cout, 1, s, bias=bias)
-            )
-            setattr(self, f"conv{i}", conv)
-            setattr(self, f"norm{i}", make_norm(cfg.norm, cout) if norm else nn.Identity())
-            setattr(self, f"act{i}", make_activation(cfg.activation) if act else nn.Identity())
-
+        self.conv1, self.norm1, self.act1 = self._layer(cfg, 0, in_chs, out_chs, width, stride)
+        self.conv2, self.norm2, self.act2 = self._layer(cfg, 1, in_chs, out_chs, width, stride)
+        self.conv3, self.norm3, self.act3 = self._layer(cfg, 2, in_chs, out_chs, width, stride)
         self.gamma = nn.Parameter(torch.full((out_chs,), cfg.layer_scale)) if cfg.layer_scale > 0 else None
         self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
         if stride != 1 or in_chs != out_chs:  # projection shortcut
@@ -255,6 +243,25 @@ class Block(nn.Module):
         else:
             self.shortcut = nn.Identity()
         self.act_out = nn.Identity() if cfg.fewer_activations else make_activation(cfg.activation)
+
+    @staticmethod
+    def _layer(cfg: ModelConfig, i: int, in_chs: int, out_chs: int, width: int,
+               stride: int) -> Tuple[nn.Module, nn.Module, nn.Module]:
+        """The i-th conv of the block (CONVS) with the norm and activation that follow it."""
+        shapes, spatial = CONVS[cfg.block]
+        channels = {"in": in_chs, "out": out_chs, "width": width, "hidden": width * cfg.expansion}
+        cin, cout = (channels[name] for name in shapes[i])
+        norm = i == spatial if cfg.fewer_norms else True
+        act = i == 1 if cfg.fewer_activations else i < 2  # ... and after the residual add (act_out)
+        bias = not (norm and cfg.norm is Norm.batch)
+        if i == spatial:
+            groups = cin if cfg.depthwise else 1
+            conv: nn.Module = nn.Conv2d(cin, cout, cfg.kernel_size, stride, cfg.kernel_size // 2, groups=groups,
+                                        bias=bias)
+        else:
+            conv = PointwiseConv(cin, cout, 1, 1, bias=bias)
+        return (conv, make_norm(cfg.norm, cout) if norm else nn.Identity(),
+                make_activation(cfg.activation) if act else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.norm1(self.conv1(x)))

@@ -236,21 +236,24 @@ def solarize_add(x: torch.Tensor, add: torch.Tensor, threshold: float = 128) -> 
     return torch.where(x < threshold, (x + _per_image(add, x).to(x.dtype)).clamp(max=255), x)
 
 
-def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def enhance_color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Color: towards the image's grey version."""
     return blend(grey(x).expand_as(x), x, factor)
 
 
-def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def enhance_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """ImageEnhance.Contrast: towards the grey mean, int(mean + 0.5)."""
     mean = torch.floor(grey(x).to(torch.float64).mean((1, 2, 3), keepdim=True) + 0.5)
     return blend(mean.expand_as(x).to(x.dtype), x, factor)
 
 
-def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def enhance_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Brightness: towards black."""
     return blend(torch.zeros_like(x), x, factor)
 
 
-def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def enhance_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Sharpness: towards PIL's SMOOTH filter of the image."""
     return blend(smooth(x), x, factor)
 
 
@@ -263,14 +266,14 @@ COLOUR_OPS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Solarize": solarize,
     "SolarizeIncreasing": solarize,
     "SolarizeAdd": solarize_add,
-    "Color": color,
-    "ColorIncreasing": color,
-    "Contrast": contrast,
-    "ContrastIncreasing": contrast,
-    "Brightness": brightness,
-    "BrightnessIncreasing": brightness,
-    "Sharpness": sharpness,
-    "SharpnessIncreasing": sharpness,
+    "Color": enhance_color,
+    "ColorIncreasing": enhance_color,
+    "Contrast": enhance_contrast,
+    "ContrastIncreasing": enhance_contrast,
+    "Brightness": enhance_brightness,
+    "BrightnessIncreasing": enhance_brightness,
+    "Sharpness": enhance_sharpness,
+    "SharpnessIncreasing": enhance_sharpness,
 }
 
 

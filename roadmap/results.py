@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from roadmap import factors, paper, rundir, stats
 from roadmap.errors import ResultsError
 from roadmap.rundir import RunSummary
+from roadmap.tables import markdown_lines
 from roadmap.config import PARENTS, SIDE_BRANCHES, STEPS, step_order
 
 PathLike = Union[str, Path]
@@ -67,10 +68,20 @@ def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
             if (m / rundir.SUMMARY).exists() or (m / rundir.CONFIG).exists():
                 found.append(m)
             else:
-                found.extend(
-                    sorted({s.parent for s in m.rglob(rundir.SUMMARY)} | {c.parent for c in m.rglob(rundir.CONFIG)})
-                )
+                found.extend(runs_under(m))
     return list(dict.fromkeys(found))
+
+
+def runs_under(study: Path) -> List[Path]:
+    """The directories under `study` that hold a summary or a config, symlinks followed (a
+    step directory linked to a bigger disk is part of its study)."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(study, followlinks=True):
+        seen.add(os.path.realpath(folder))
+        subfolders[:] = [s for s in subfolders if os.path.realpath(os.path.join(folder, s)) not in seen]  # no loop
+        if rundir.SUMMARY in files or rundir.CONFIG in files:
+            found.append(Path(folder))
+    return sorted(found)
 
 
 def study_dirs(paths: Iterable[PathLike]) -> List[Path]:
@@ -219,7 +230,7 @@ def averaged(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["status"] == "completed") & ~runs["collapsed"].fillna(False).astype(bool) & kept]
 
 
-def outcome(runs: pd.DataFrame) -> pd.Series:
+def run_outcomes(runs: pd.DataFrame) -> pd.Series:
     """Each run's status, reading `collapsed` for a completed run that ended at chance and
     'left out: <why>' for a run whose record cannot be averaged."""
     status = runs["status"].where(~runs["collapsed"].fillna(False).astype(bool), "collapsed")
@@ -313,7 +324,7 @@ def _step_rows(group: pd.DataFrame, values: Dict[str, Any]) -> List[dict]:
             "paper_top1_std": ref.top1_std if ref and ref.top1_std is not None else float("nan"),
             "paper_gflops": ref.gflops if ref else float("nan"),
             "paper_delta": ref.top1 - parent_ref.top1 if (ref and parent_ref) else float("nan"),
-            "statuses": ", ".join(f"{k}: {v}" for k, v in outcome(g).value_counts().items()),
+            "statuses": ", ".join(f"{k}: {v}" for k, v in run_outcomes(g).value_counts().items()),
         })
     return out
 
@@ -322,13 +333,13 @@ def transfer(runs: pd.DataFrame) -> Optional[stats.Transfer]:
     """How the per-step changes of one study (and swept value) agree with the paper's:
     signs and rank correlations over the main path's steps and the side branches, the same
     over the paper's clear steps with the slope of our changes on its, and ConvNeXt minus
-    ResNet end to end (roadmap.stats.transfer)."""
+    ResNet end to end (roadmap.stats.transfer_of)."""
     regime = paper.reference_regime(runs["regime"].dropna().iloc[0]) if runs["regime"].notna().any() else "r50"
     changes = {s: paper.change(regime, s, p) for s, p in PARENTS.items()}
     theirs = {s: c[0] for s, c in changes.items() if c is not None}
     first, last = STEPS[0], STEPS[-1]
     ends = paper.change(regime, last, first)
-    return stats.transfer(seed_deltas(runs), theirs, clear=paper.clear_steps(regime, PARENTS),
+    return stats.transfer_of(seed_deltas(runs), theirs, clear=paper.clear_steps(regime, PARENTS),
                           gain=end_to_end(runs, first, last), paper_gain=ends[0] if ends else float("nan"),
                           clear_multiple=paper.CLEAR_MULTIPLE)
 
@@ -364,7 +375,7 @@ def markdown_table(table: pd.DataFrame, runs: Optional[pd.DataFrame] = None) -> 
         head = [f"**{variant_name(values)}**", ""] if values else []
         block = runs if runs is None else matching(runs, values)
         blocks.append(
-            "\n".join(head + measured_cells(rows, _markdown_rows(rows))
+            "\n".join(head + markdown_lines(*measured_cells(rows, *_markdown_rows(rows)))
                       + ([""] + _footer(rows, block) if block is not None else []))
         )
     return "\n\n".join(blocks)
@@ -379,24 +390,21 @@ def matching(runs: pd.DataFrame, values: Dict[str, Any]) -> pd.DataFrame:
     return runs
 
 
-def _markdown_rows(table: pd.DataFrame) -> List[str]:
+def _markdown_rows(table: pd.DataFrame) -> Tuple[List[str], List[List[str]]]:
+    """The step table's Markdown heading and cells, ours beside the paper's, in roadmap order."""
     ref = paper.reference_regime(table["regime"].iloc[0])
     f = lambda v, spec: "" if pd.isna(v) else format(v, spec)  # noqa: E731
-    lines = [
-        "| step | what changes | params (M) | GMACs | top-1 (%) | ± std | seeds | Δ top-1 | 95% interval | img/s "
-        f"| paper top-1 ({ref}) | paper Δ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    head = ["step", "what changes", "params (M)", "GMACs", "top-1 (%)", "± std", "seeds", "Δ top-1", "95% interval",
+            "img/s", f"paper top-1 ({ref})", "paper Δ"]
+    cells = []
     for _, r in table.sort_values("order").iterrows():
         interval = "" if pd.isna(r["delta_lo"]) else f"[{r['delta_lo']:+.2f}, {r['delta_hi']:+.2f}]"
         mark = " *" if r["delta_excludes_zero"] else ""
-        lines.append(
-            f"| {r['step']} | {r['change']} | {f(r['params_m'], '.2f')} | {f(r['gmacs'], '.4g')} "
-            f"| {f(r['top1_mean'], '.2f')} | {f(r['top1_std'], '.2f')} | {r['seeds']}/{r['runs']} "
-            f"| {f(r['delta'], '+.2f')}{mark} | {interval} | {f(r['images_per_s'], '.0f')} "
-            f"| {f(r['paper_top1'], '.2f')} | {f(r['paper_delta'], '+.2f')} |"
-        )
-    return lines
+        cells.append([f"{r['step']}", f"{r['change']}", f(r["params_m"], ".2f"), f(r["gmacs"], ".4g"),
+                      f(r["top1_mean"], ".2f"), f(r["top1_std"], ".2f"), f"{r['seeds']}/{r['runs']}",
+                      f"{f(r['delta'], '+.2f')}{mark}", interval, f(r["images_per_s"], ".0f"),
+                      f(r["paper_top1"], ".2f"), f(r["paper_delta"], "+.2f")])
+    return head, cells
 
 
 def _footer(table: pd.DataFrame, runs: pd.DataFrame) -> List[str]:
@@ -406,7 +414,8 @@ def _footer(table: pd.DataFrame, runs: pd.DataFrame) -> List[str]:
         lines.append("1 seed: no spread or interval (the ± std and interval cells stay empty).")
     left = runs.drop(averaged(runs).index)
     if len(left):
-        names = ", ".join(f"{Path(r).parent.name} {Path(r).name} ({s})" for r, s in zip(left["run_dir"], outcome(left)))
+        names = ", ".join(f"{Path(r).parent.name} {Path(r).name} ({s})"
+                          for r, s in zip(left["run_dir"], run_outcomes(left)))
         lines.append(f"Not averaged: {names}.")
     t = transfer(runs) if runs["seed"].notna().any() else None
     if t is not None:
@@ -506,14 +515,14 @@ def factor_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def main_effects(runs: pd.DataFrame, with_macs: bool = False) -> pd.DataFrame:
     """Top-1 regressed on the factor indicators (and log MACs, `with_macs`): one row per
-    term with its effect in points and 95% interval (roadmap.stats.main_effects)."""
+    term with its effect in points and 95% interval (roadmap.stats.fit_main_effects)."""
     table = factor_table(runs)
     names = [n for n in factors.NAMES if n in table.columns]
     x = table[names].to_numpy()
     if with_macs:
         x = np.column_stack([x, np.log(table["gmacs"].to_numpy(dtype=float))])
         names = [*names, "log_gmacs"]
-    effects = stats.main_effects(x, table["top1"].to_numpy(dtype=float), names)
+    effects = stats.fit_main_effects(x, table["top1"].to_numpy(dtype=float), names)
     return pd.DataFrame([dataclasses.asdict(e) for e in effects])
 
 
@@ -581,22 +590,22 @@ def measured_names(table: pd.DataFrame) -> List[str]:
     return [c for c in table.columns if c.split("_")[0] in MEASURED and c.split("_")[0] != c]
 
 
-def measured_cells(table: pd.DataFrame, lines: List[str]) -> List[str]:
-    """The Markdown rows of the step table (_markdown_rows) with a value and a change cell per measurement."""
+def measured_cells(table: pd.DataFrame, head: List[str], cells: List[List[str]]) -> Tuple[List[str], List[List[str]]]:
+    """The step table's heading and cells (_markdown_rows) with a value and a change cell per measurement."""
     names = [n for n in MEASURED if f"{n}_mean" in table.columns]
     if not names:
-        return lines
-    head = "".join(f" {MEASURED[n][2]} | Δ {MEASURED[n][2]} |" for n in names)
-    out = [lines[0] + head, lines[1] + "---|---|" * len(names)]
-    for line, (_, r) in zip(lines[2:], table.sort_values("order").iterrows()):
-        cells = []
+        return head, cells
+    head = head + [h for n in names for h in (MEASURED[n][2], f"Δ {MEASURED[n][2]}")]
+    out = []
+    for row, (_, r) in zip(cells, table.sort_values("order").iterrows()):
+        extra = []
         for n in names:
             mark = " *" if r[f"{n}_delta_excludes_zero"] else ""
             interval = "" if pd.isna(r[f"{n}_delta_lo"]) else f" [{r[f'{n}_delta_lo']:+.1f}, {r[f'{n}_delta_hi']:+.1f}]"
             change = "" if pd.isna(r[f"{n}_delta"]) else f"{r[f'{n}_delta']:+.1f}{mark}{interval}"
-            cells.append(f" {'' if pd.isna(r[f'{n}_mean']) else format(r[f'{n}_mean'], '.1f')} | {change} |")
-        out.append(line + "".join(cells))
-    return out
+            extra += ["" if pd.isna(r[f"{n}_mean"]) else format(r[f"{n}_mean"], ".1f"), change]
+        out.append(row + extra)
+    return head, out
 
 
 def measured_footer(table: pd.DataFrame) -> List[str]:

@@ -46,7 +46,10 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     mean = float(x.mean())
     if len(x) == 1:
         return Interval(mean, math.nan, math.nan, 1)
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    # scipy's critical value, scaled here: t.interval(..., scale=sem) multiplies in another order,
+    # which moves the last bit of the committed tables' intervals
+    _, t = stats.t.interval(level, len(x) - 1)
+    half = float(t * x.std(ddof=1) / math.sqrt(len(x)))
     return Interval(mean, mean - half, mean + half, len(x))
 
 
@@ -185,9 +188,9 @@ def _agreement(steps: Sequence[str], means: Mapping[str, float], paper: Mapping[
                      Interval(tau, bounds[0][1], bounds[1][1], seeds))
 
 
-def transfer(seed_deltas: Mapping[str, Mapping[int, float]], paper: Mapping[str, float], clear: Sequence[str] = (),
-             gain: Optional[Mapping[int, float]] = None, paper_gain: float = math.nan, clear_multiple: float = 2.0,
-             resamples: int = RESAMPLES, seed: int = 0) -> Optional[Transfer]:
+def transfer_of(seed_deltas: Mapping[str, Mapping[int, float]], paper: Mapping[str, float], clear: Sequence[str] = (),
+                gain: Optional[Mapping[int, float]] = None, paper_gain: float = math.nan, clear_multiple: float = 2.0,
+                resamples: int = RESAMPLES, seed: int = 0) -> Optional[Transfer]:
     """Agreement of per-step changes (step -> seed -> paired change) with the paper's
     (step -> change), over the steps that have both and over the `clear` ones among them;
     the slope over the clear steps, and the end-to-end gain (seed -> ConvNeXt minus ResNet).
@@ -228,7 +231,7 @@ class Effect:
     hi: float
 
 
-def main_effects(x: np.ndarray, y: np.ndarray, names: Sequence[str], level: float = LEVEL) -> List[Effect]:
+def fit_main_effects(x: np.ndarray, y: np.ndarray, names: Sequence[str], level: float = LEVEL) -> List[Effect]:
     """Ordinary least squares of y on an intercept and the columns of x (factor indicators,
     and any covariate): each column's coefficient with its t-interval (n - p - 1 degrees of
     freedom). Columns that never vary get nan, and every column does when there are no more

@@ -4,29 +4,31 @@ a sweep of small networks does now). `make bench` prints both.
 
 A run of the default study is `epochs` passes of the training set (its train steps: batch
 256, the step's recipe, channels-last) and a test of the test set after each. Its rates
-are measured as the study trains: alone with every thread, and with one thread while the
-other cores train the same step, all started together. The side-by-side projection
-schedules the runs in the sweep's order (the costliest network first) onto the first free core.
+are measured as the study trains, with the trainer's own optimizer step: alone with every
+thread, and with one thread while the other cores train the same step, all started
+together. The side-by-side projection schedules the runs in the sweep's order (the
+costliest network first) onto the first free core.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from roadmap.complexity import costliest_first
 from roadmap.config import compose, validate
-from roadmap.machine import keep_freed_memory
+from roadmap.engine import optimizer_step, state_for
+from roadmap.machine import Machine, keep_freed_memory
 from roadmap.model import ConvNet
-from roadmap.recipe import build_optimizer
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # Fashion-MNIST
+TEST_BATCH = 1024  # images per timed test step
 
 
 @dataclass
@@ -34,8 +36,11 @@ class StepRates:
     """One step of the default study: training and test images per second."""
 
     step: str
+    """The step of the roadmap."""
     train_img_s: float
+    """Training images per second (train steps of the recipe's batch)."""
     test_img_s: float
+    """Test images per second (eval-mode forward passes)."""
 
     def run_seconds(self, epochs: int) -> float:
         """One run: `epochs` passes over the training set, each followed by a test."""
@@ -43,37 +48,36 @@ class StepRates:
 
 
 def study_steps(step: str) -> Tuple[Callable[[], None], Callable[[], None], int]:
-    """A train step and a test step of `step` as the default study runs it, and its epochs."""
+    """A train step and a test step of `step` as the default study runs them (the trainer's
+    own optimizer step, engine.optimizer_step), and the train step's batch."""
     run = validate(compose(step))
     torch.manual_seed(0)
-    model = ConvNet(run.model).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, run.recipe)
+    steps_per_epoch = math.ceil(TRAIN_IMAGES / run.recipe.batch_size)
+    state = state_for(ConvNet(run.model), run, Machine(0, 1, 0, torch.device("cpu")), steps_per_epoch)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(run.recipe.batch_size, 1, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (run.recipe.batch_size,), generator=g)
-    x_test = torch.randn(1024, 1, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    x_test = torch.randn(TEST_BATCH, 1, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
 
     def train() -> None:
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(state, x, y, run, world=1)
 
     @torch.no_grad()
     def test() -> None:
-        model.eval()
-        model(x_test)
-        model.train()
+        state.model.eval()
+        state.model(x_test)
+        state.model.train()
 
-    return train, test, run.recipe.epochs
+    return train, test, run.recipe.batch_size
 
 
 def measure(step: str, seconds: float, start: Callable[[], None] = lambda: None) -> StepRates:
     """The step's rates in this process, timed for about `seconds` each after `start()`."""
-    train, test, _ = study_steps(step)
+    train, test, batch = study_steps(step)
     train(), test()  # warm up
     start()
     rates = []
-    for fn, images in ((train, 256), (test, 1024)):
+    for fn, images in ((train, batch), (test, TEST_BATCH)):
         n, t0 = 0, time.perf_counter()
         while n == 0 or time.perf_counter() - t0 < seconds:
             fn()
@@ -113,7 +117,25 @@ def makespan(durations: Sequence[float], workers: int) -> float:
     return max(free)
 
 
-def project(steps: Sequence[str], seconds: float = 1.0) -> Dict:
+@dataclass
+class StudyProjection:
+    """The default study's wall time both ways, and the rates per step behind it."""
+
+    cores: int
+    """The cores this process may use: the threads of a run alone, the runs side by side."""
+    epochs: int
+    """Epochs per run."""
+    alone: List[StepRates]
+    """Each step's rates trained alone on every core."""
+    shared: List[StepRates]
+    """Each step's rates with one thread while the other cores train it too."""
+    alone_s: float
+    """Wall time of the study one run at a time, every core each (seconds)."""
+    side_by_side_s: float
+    """Wall time of the study one run per core, costliest first onto the first free core (seconds)."""
+
+
+def project(steps: Sequence[str], seconds: float = 1.0) -> StudyProjection:
     """The default study (these steps, one seed) both ways: rates per step and wall times."""
     cores = len(os.sched_getaffinity(0))
     runs = {step: validate(compose(step)) for step in steps}
@@ -129,4 +151,4 @@ def project(steps: Sequence[str], seconds: float = 1.0) -> Dict:
     order = costliest_first({step: (run.model, run.data.image_size) for step, run in runs.items()})  # as the sweep
     rates = {r.step: r for r in shared}
     new = makespan([rates[step].run_seconds(epochs) for step in order], cores)
-    return {"cores": cores, "epochs": epochs, "alone": alone, "shared": shared, "old_s": old, "new_s": new}
+    return StudyProjection(cores, epochs, alone, shared, old, new)

@@ -7,7 +7,7 @@ import pytest
 
 import roadmap
 from roadmap import ConfigError
-from roadmap.inspect import table
+from roadmap.inspect import step_rows
 
 
 def inspect(*args):
@@ -15,7 +15,7 @@ def inspect(*args):
 
 
 def test_inspect_counts_every_step_beside_table_10():
-    rows = table(list(roadmap.STEPS), ["regime=r50"])
+    rows = step_rows(list(roadmap.STEPS), ["regime=r50"])
     assert [r["step"] for r in rows] == list(roadmap.STEPS)
     assert sum(r["ok"] for r in rows) == 15
     assert {r["step"] for r in rows if not r["ok"]} == {r["step"] for r in rows if r["explained"]} == {
@@ -23,7 +23,7 @@ def test_inspect_counts_every_step_beside_table_10():
 
 
 def test_inspect_counts_every_step_beside_table_11_for_r200():
-    assert all(r["ok"] for r in table(list(roadmap.STEPS), ["regime=r200"]))
+    assert all(r["ok"] for r in step_rows(list(roadmap.STEPS), ["regime=r200"]))
 
 
 def test_inspect_takes_a_list_of_steps_and_overrides_and_prints_the_table():
@@ -31,7 +31,7 @@ def test_inspect_takes_a_list_of_steps_and_overrides_and_prints_the_table():
     assert out.returncode == 0, out.stderr
     assert "regime micro" in out.stdout and "\nwider " in out.stdout and "\ngelu " in out.stdout
     assert "paper GFLOPs" not in out.stdout  # no paper columns for the micro regime
-    rows = table(["wider", "gelu"], ["model.kernel_size=5"])
+    rows = step_rows(["wider", "gelu"], ["model.kernel_size=5"])
     assert [r["regime"] for r in rows] == ["micro", "micro"] and "paper_gflops" not in rows[0]
 
 

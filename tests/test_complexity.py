@@ -7,7 +7,7 @@ import torchvision
 
 import roadmap
 from roadmap import paper
-from roadmap.steps import complexity
+from roadmap.complexity import complexity
 from roadmap.config import model_config
 
 

@@ -169,7 +169,7 @@ def test_a_study_with_nothing_to_draw_exits_2_with_one_line(tmp_path):
 
 def test_the_four_design_answers_are_refused_in_the_wrong_order():
     studies = [ROOT / "experiments" / f"fashion_mnist_micro{s}" for s in ("", "_add_one", "_leave_one_out", "_random")]
-    out = subprocess.run([sys.executable, "-m", "analysis.designs", *map(str, studies), "/nonexistent/never"],
+    out = subprocess.run([sys.executable, "-m", "analysis.design_figures", *map(str, studies), "/nonexistent/never"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "argument 2" in out.stderr and "leave_one_out" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1

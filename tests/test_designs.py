@@ -12,16 +12,16 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats as scipy_stats
 
-from analysis.designs import bar_table
+from analysis.design_figures import bar_table
 import roadmap
 import roadmap.results as R
-from roadmap import factors as F
+from roadmap import factors
 from roadmap import stats
 from roadmap.cli import read
 from roadmap.config import SIDE_BRANCHES, STEPS, DesignConfig, compose_overrides
 from roadmap.designs import expand
 from roadmap.errors import ConfigError
-from roadmap.steps import complexity
+from roadmap.complexity import complexity
 from roadmap.sweep import plan, skipped_lines
 from tests.conftest import one_line_error, set_top1
 
@@ -87,7 +87,7 @@ def test_main_effects_are_the_least_squares_fit():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2, (60, 3)).astype(float)
     y = 80 + 2 * x[:, 0] - x[:, 1] + rng.normal(0, 0.5, 60)
-    effects = stats.main_effects(x, y, ["a", "b", "c"])
+    effects = stats.fit_main_effects(x, y, ["a", "b", "c"])
     design = np.column_stack([np.ones(60), x])
     coef = np.linalg.solve(design.T @ design, design.T @ y)
     assert [e.effect for e in effects] == pytest.approx(list(coef[1:]))
@@ -101,17 +101,24 @@ def test_main_effects_are_the_least_squares_fit():
 def test_applying_the_factors_in_roadmap_order_reproduces_every_step(regime):
     for k, step in enumerate(MAIN_PATH):
         want = roadmap.compose(step, f"regime={regime}")
-        got = compose_overrides("+step=resnet", f"regime={regime}", *F.overrides(F.levels_at(k)))
+        got = compose_overrides("+step=resnet", f"regime={regime}", *factors.overrides(factors.levels_at(k)))
         assert OmegaConf.to_container(got.model) == OmegaConf.to_container(want.model), step
         assert OmegaConf.to_container(got.recipe) == OmegaConf.to_container(want.recipe), step
-        assert F.levels_of(OmegaConf.to_container(want)) == F.levels_at(k), step
+        assert factors.levels_of(OmegaConf.to_container(want)) == factors.levels_at(k), step
 
 
 def test_reverting_a_factor_reverts_what_requires_it():
-    full = {n: True for n in F.NAMES}
-    reverted = F.revert(full, "inverted_bottleneck")
-    assert [n for n in F.NAMES if not reverted[n]] == ["inverted_bottleneck", "move_up_depthwise", "kernel_7"]
-    assert F.problem({**F.levels_at(1), "kernel_7": True}).startswith("kernel_7 without move_up_depthwise")
+    full = {n: True for n in factors.NAMES}
+    reverted = factors.revert(full, "inverted_bottleneck")
+    assert [n for n in factors.NAMES if not reverted[n]] == ["inverted_bottleneck", "move_up_depthwise", "kernel_7"]
+    assert factors.problem({**factors.levels_at(1), "kernel_7": True}).startswith("kernel_7 without move_up_depthwise")
+
+
+def test_every_factor_that_requires_another_carries_why():
+    assert {f.name: (f.requires, f.reason) for f in factors.FACTORS if f.requires or f.reason} == {
+        "move_up_depthwise": ("inverted_bottleneck",
+                              "moving up is defined on the inverted bottleneck's depthwise conv"),
+        "kernel_7": ("move_up_depthwise", "the paper enlarges the moved-up depthwise conv only")}
 
 
 def designed(name, **kw):
@@ -127,7 +134,7 @@ def test_every_network_of_each_design_builds_and_counts(name, count, tmp_path):
     folder = write_steps(nets, tmp_path)
     for net in nets:
         cfg = compose_overrides(f"+step={net.name}", f"hydra.searchpath=[file://{folder}]")
-        assert F.levels_of(OmegaConf.to_container(cfg)) == net.levels
+        assert factors.levels_of(OmegaConf.to_container(cfg)) == net.levels
         assert complexity(cfg).params > 0
     if name == "add_one":
         assert {s.name: s.reason.split(":")[0] for s in skipped} == {
@@ -139,7 +146,7 @@ def test_random_networks_are_reproducible_distinct_and_meaningful():
     a, skipped = designed("random", samples=20, seed=3)
     assert [n.name for n in a] == [n.name for n in designed("random", samples=20, seed=3)[0]]
     assert [n.name for n in a] != [n.name for n in designed("random", samples=20, seed=4)[0]]
-    assert len({tuple(n.levels.values()) for n in a}) == 20 and all(F.problem(n.levels) is None for n in a)
+    assert len({tuple(n.levels.values()) for n in a}) == 20 and all(factors.problem(n.levels) is None for n in a)
     assert all(s.reason for s in skipped)
 
 
@@ -238,8 +245,9 @@ def test_the_four_answers_stand_side_by_side_per_factor(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         set_top1(study, lambda step, seed: 60.0 + len(step) % 7 + seed)
         studies.append(str(study))
-    out = subprocess.run([sys.executable, "-m", "analysis.designs", str(ROOT / "experiments" / "fashion_mnist_micro"),
-                          *studies, str(tmp_path / "figures")], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "analysis.design_figures",
+                          str(ROOT / "experiments" / "fashion_mnist_micro"), *studies, str(tmp_path / "figures")],
+                         capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_csv(tmp_path / "figures" / "factors_summary.csv")
     gelu = table[table["factor"] == "gelu"].set_index("answer")

@@ -41,36 +41,28 @@ def assert_same_logits(ours, reference, resolution):
     assert diff <= 1e-4
 
 
-def test_resnet_step_in_r50_is_torchvisions_resnet50():
-    ours = build("resnet", "regime=r50")
-    ref = randomize(torchvision.models.resnet50())
-    assert num_params(ours) == num_params(ref) == 25_557_032
+# Each end against a reference: (step, regime, the reference, its parameters, the resolution compared at).
+ENDS = [
+    pytest.param("resnet", "r50", lambda: torchvision.models.resnet50(), 25_557_032, 224, id="resnet50-torchvision"),
+    pytest.param("resnet", "r200", lambda: ResNet(Bottleneck, [3, 24, 36, 3]), 64_673_832, 128, id="resnet200"),
+    pytest.param("separate_downsampling", "r50", lambda: timm.create_model("convnext_tiny"), 28_589_128, 224,
+                 id="convnext_t-timm"),
+    pytest.param("separate_downsampling", "r50", lambda: torchvision.models.convnext_tiny(), 28_589_128, 224,
+                 id="convnext_t-torchvision"),
+    pytest.param("separate_downsampling", "r200", lambda: timm.create_model("convnext_base"), 88_591_464, 64,
+                 id="convnext_b-timm"),
+]
+
+
+@pytest.mark.parametrize("step, regime, reference, params, resolution", ENDS)
+def test_each_end_is_the_reference_network_parameter_for_parameter_and_logit_for_logit(
+    step, regime, reference, params, resolution
+):
+    ours = build(step, f"regime={regime}")
+    ref = randomize(reference())
+    assert num_params(ours) == num_params(ref) == params
     roadmap.import_weights(ours, ref.state_dict())
-    assert_same_logits(ours, ref, 224)
-
-
-def test_resnet_step_in_r200_is_resnet200():
-    ours = build("resnet", "regime=r200")
-    ref = randomize(ResNet(Bottleneck, [3, 24, 36, 3]))
-    assert num_params(ours) == num_params(ref) == 64_673_832
-    roadmap.import_weights(ours, ref.state_dict())
-    assert_same_logits(ours, ref, 128)
-
-
-def test_convnext_t_has_28589128_parameters_and_timms_weights_give_its_logits():
-    ours = build("separate_downsampling", "regime=r50")
-    ref = randomize(timm.create_model("convnext_tiny"))
-    assert num_params(ours) == num_params(ref) == 28_589_128
-    roadmap.import_weights(ours, ref.state_dict())
-    assert_same_logits(ours, ref, 224)
-
-
-def test_convnext_t_takes_torchvisions_weights():
-    ours = build("separate_downsampling", "regime=r50")
-    ref = randomize(torchvision.models.convnext_tiny())
-    assert num_params(ref) == 28_589_128
-    roadmap.import_weights(ours, ref.state_dict())
-    assert_same_logits(ours, ref, 224)
+    assert_same_logits(ours, ref, resolution)
 
 
 def official_layout(timm_sd):
@@ -94,14 +86,6 @@ def test_convnext_t_takes_the_official_checkpoint_layout():
     assert converted.keys() == ref.state_dict().keys()
     ours = roadmap.import_weights(build("separate_downsampling", "regime=r50"), official)
     assert_same_logits(ours, ref, 224)
-
-
-def test_separate_downsampling_in_r200_is_convnext_b():
-    ours = build("separate_downsampling", "regime=r200")
-    ref = randomize(timm.create_model("convnext_base"))
-    assert num_params(ours) == num_params(ref) == 88_591_464
-    roadmap.import_weights(ours, ref.state_dict())
-    assert_same_logits(ours, ref, 64)
 
 
 def test_import_is_strict_about_missing_tensors():

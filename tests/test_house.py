@@ -1,10 +1,12 @@
 """The house rules, checked: imports run one way down the data flow, functions stay short,
-every config field and record field says what it is where it is declared, one line
-length held."""
+every config field and record field says what it is where it is declared, one name per
+idea, one line length held."""
 
 import ast
+import collections
 import dataclasses
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +15,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # The stages of the data flow, bottom up: a module imports only from stages below its own.
+# roadmap/__init__.py's docstring prints this map (checked below).
 LAYERS = [
-    {"errors", "paper", "stats"},
+    {"errors", "paper", "stats", "tables"},
     {"model", "randaugment", "machine", "rundir", "weights", "factors"},
-    {"recipe", "complexity"},
+    {"recipe", "references"},
     {"augment"},
     {"data"},
     {"config"},
-    {"steps", "engine", "loggers", "cli", "results", "wall_time", "designs", "timm_models"},
-    {"train", "inspect", "export"},
-    {"sweep", "bench"},
+    {"complexity", "engine", "loggers", "cli", "results", "designs", "timm_models"},
+    {"wall_time", "inspect", "export"},
+    {"bench_report"},
+    {"bench"},
+    {"train"},
+    {"progress"},
+    {"sweep"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 
@@ -55,6 +62,47 @@ def test_imports_run_one_way_down_the_data_flow(path):
     assert not above, f"{path.stem} (layer {LAYER_OF[path.stem]}) imports {above} from its own layer or above"
 
 
+def test_the_layer_map_is_printed_in_the_package_docstring():
+    import roadmap
+
+    floors = [re.fullmatch(r"\s*(\d+)  (.+)", line) for line in roadmap.__doc__.splitlines()]
+    printed = {int(m[1]): set(m[2].split(", ")) for m in floors if m}
+    assert printed == dict(enumerate(LAYERS))
+
+
+TRAINER = ("train", "progress", "sweep")  # the modules that run training: one run, the sweep's display, the sweep
+
+
+@pytest.mark.parametrize("name", ["bench", "schedule"])
+def test_bench_and_the_schedule_sit_below_the_trainer_and_import_none_of_it(name):
+    """Bench measures the trainer's own step (roadmap.engine), not by running the trainer."""
+    if not (ROOT / "roadmap" / f"{name}.py").exists():
+        pytest.skip(f"roadmap/{name}.py does not exist")
+    assert LAYER_OF[name] < min(LAYER_OF[t] for t in TRAINER if t in LAYER_OF)
+    code = f"import sys, roadmap.{name}; print(' '.join(m for m in sys.modules if m.startswith('roadmap.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert {m.split(".")[1] for m in out.stdout.split()} & set(TRAINER) == set()
+
+
+# The allow-list: public names that more than one module defines, each with why it stays so.
+SHARED_NAMES = {
+    # every `python -m` entry point's own (bench, export, inspect, sweep, train and the analyses);
+    # train.main and sweep.main are also the [project.scripts] commands (pyproject.toml)
+    "main": "the entry point of a module run as a command",
+}
+DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def test_no_public_name_is_defined_in_two_modules():
+    where = collections.defaultdict(list)
+    for p in python_files():
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, DEFINITIONS) and not node.name.startswith("_"):
+                where[node.name].append(f"{p.parent.name}/{p.name}")
+    assert {name: files for name, files in where.items() if len(files) > 1 and name not in SHARED_NAMES} == {}
+
+
 def test_the_figures_import_only_the_results_and_below():
     assert roadmap_imports(ROOT / "analysis" / "plots.py") <= {"results", "config", "paper"}
 
@@ -69,7 +117,11 @@ def test_no_function_is_much_over_50_lines():
 CONFIGS = ["roadmap.model:ModelConfig", "roadmap.recipe:RecipeConfig", "roadmap.data:DataConfig",
            "roadmap.config:RunConfig", "roadmap.config:StepConfig", "roadmap.config:RegimeConfig",
            "roadmap.config:TrainConfig", "roadmap.config:LoggerConfig", "roadmap.rundir:RunSummary",
-           "roadmap.rundir:EpochRecord", "roadmap.export:ExportConfig", "roadmap.export:Exporter"]
+           "roadmap.rundir:EpochRecord", "roadmap.export:ExportConfig", "roadmap.export:Exporter",
+           "roadmap.bench:BenchConfig", "roadmap.bench:Entry", "roadmap.bench:Rates", "roadmap.bench_report:Target",
+           "roadmap.bench_report:BenchedNetwork", "roadmap.bench_report:Measured", "roadmap.bench_report:Ratio",
+           "roadmap.bench_report:BenchResult", "roadmap.wall_time:StepRates", "roadmap.wall_time:StudyProjection",
+           "roadmap.complexity:Complexity", "roadmap.factors:Factor"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)

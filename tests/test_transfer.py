@@ -45,7 +45,7 @@ def test_the_binomial_p_is_the_exact_tail_against_chance():
 
 
 def test_the_paper_against_itself_agrees_on_every_clear_step():
-    t = stats.transfer(per_seed(PAPER.get, noise=0.01), PAPER, clear=CLEAR, gain={0: 5.84, 1: 5.8, 2: 5.9},
+    t = stats.transfer_of(per_seed(PAPER.get, noise=0.01), PAPER, clear=CLEAR, gain={0: 5.84, 1: 5.8, 2: 5.9},
                        paper_gain=5.84)
     assert t.clear.steps == tuple(CLEAR) and t.clear.agree == 12 and t.clear.sign_p == pytest.approx(0.5**12)
     assert t.clear.spearman.mean > 0.99 and t.clear.kendall.lo > 0.9
@@ -54,19 +54,19 @@ def test_the_paper_against_itself_agrees_on_every_clear_step():
 
 
 def test_effects_a_third_as_large_scale_by_a_third_and_rank_the_same():
-    t = stats.transfer(per_seed(lambda s: PAPER[s] / 3, noise=0.02), PAPER, clear=CLEAR)
+    t = stats.transfer_of(per_seed(lambda s: PAPER[s] / 3, noise=0.02), PAPER, clear=CLEAR)
     assert t.slope.lo < 1 / 3 < t.slope.hi and t.slope.hi < 0.5
     assert t.clear.agree == 12 and t.clear.spearman.lo > 0.9
 
 
 def test_reversed_effects_disagree_on_every_sign_and_rank():
-    t = stats.transfer(per_seed(lambda s: -PAPER[s], noise=0.01), PAPER, clear=CLEAR)
+    t = stats.transfer_of(per_seed(lambda s: -PAPER[s], noise=0.01), PAPER, clear=CLEAR)
     assert t.clear.agree == 0 and t.clear.sign_p == pytest.approx(1.0)
     assert t.clear.spearman.hi < -0.9 and t.all.kendall.hi < -0.8 and t.slope.hi < 0
 
 
 def test_noise_alone_transfers_nothing():
-    t = stats.transfer(per_seed(lambda s: 0.0, seeds=10, noise=1.0, rng_seed=0), PAPER, clear=CLEAR)
+    t = stats.transfer_of(per_seed(lambda s: 0.0, seeds=10, noise=1.0, rng_seed=0), PAPER, clear=CLEAR)
     assert t.clear.sign_p > 0.05 and t.all.sign_p > 0.05
     assert t.clear.kendall.lo < 0 < t.clear.kendall.hi and t.slope.lo < 0 < t.slope.hi
 

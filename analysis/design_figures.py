@@ -1,7 +1,7 @@
 """Figures of the designs beyond the path (roadmap/designs.py), and the four answers side by side.
 
     python -m analysis.plots <study>          # a design study's own figures (this module draws them)
-    python -m analysis.designs PATH LOO ADD RANDOM [OUT]   # the summary figure of four studies
+    python -m analysis.design_figures PATH LOO ADD RANDOM [OUT]   # the summary figure of four studies
 
 leave_one_out, add_one   one bar per factor: the change in top-1 against the reference
                          network (ConvNeXt; the modern-recipe ResNet), a paired difference
@@ -74,7 +74,7 @@ def keep_on_the_bars(ax, ys, means, los, his) -> None:
                         xytext=(-3 if hi > right else 3, 0), textcoords="offset points")
 
 
-def bars(table: pd.DataFrame, out: Path, design: str) -> List[Path]:
+def factor_bars(table: pd.DataFrame, out: Path, design: str) -> List[Path]:
     """One bar per factor: the change against the reference network, with its interval."""
     t = table[table["builds_on"].notna()].sort_values("order")
     reference = table[table["builds_on"].isna()]
@@ -169,11 +169,11 @@ def effects(runs: pd.DataFrame, out: Path) -> List[Path]:
     return save(fig, out, "effects")
 
 
-def design_figures(runs: pd.DataFrame, table: pd.DataFrame, out: Path, design: str, study: str = "") -> List[Path]:
+def for_design(runs: pd.DataFrame, table: pd.DataFrame, out: Path, design: str, study: str = "") -> List[Path]:
     """A design's figures, those its completed networks allow; each one skipped is named, with why."""
     if design in ("leave_one_out", "add_one"):
         if table["delta"].notna().any():
-            return bars(table, out, design)
+            return factor_bars(table, out, design)
         print(f"{study}: skipped the {design} figure: no network has a change from its reference on one seed")
         return []
     frame = results.factor_table(runs)
@@ -242,7 +242,8 @@ def summary_figure(table: pd.DataFrame, out: Path) -> List[Path]:
     return save(fig, out, "factors_summary")
 
 
-ORDER = ("path", "leave_one_out", "add_one", "random")  # analysis.designs' four arguments, by the design each records
+# analysis.design_figures' four arguments, by the design each records
+ORDER = ("path", "leave_one_out", "add_one", "random")
 
 
 def check_order(paths: Sequence[str], studies: Sequence[pd.DataFrame]) -> None:
