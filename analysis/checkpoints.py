@@ -121,7 +121,12 @@ def load_network(run: Path) -> Tuple[nn.Module, DataConfig]:
     except RoadmapError as e:
         raise ResultsError(f"{run / rundir.CONFIG} does not describe a network: {e}") from e
     path = run / rundir.CHECKPOINT
-    weights = evaluated_weights(rundir.load_checkpoint(path), cfg, path)
+    checkpoint = rundir.load_checkpoint(path)
+    recorded = checkpoint.get("run") if isinstance(checkpoint, dict) else None
+    mismatch = rundir.identity_mismatch(recorded, rundir.run_identity(cfg))
+    if mismatch:
+        raise ResultsError(f"checkpoint {path} {mismatch}: measure each checkpoint in its own run directory")
+    weights = evaluated_weights(checkpoint, cfg, path)
     wanted = model.state_dict()
     difference = first_difference(wanted, weights)
     if difference is not None:

@@ -8,10 +8,11 @@ when the config is composed, as a `ConfigError` with a one-line message.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -388,11 +389,34 @@ def run_dir_of(step: str, overrides: Sequence[str]) -> Path:
 
 
 def validate(cfg: DictConfig) -> RunConfig:
-    """Build the typed config, which runs every dataclass's checks."""
+    """Build the typed config, which runs every dataclass's checks; keys that no schema
+    declares (added with `+recipe.x=`) are refused, as unknown keys already are."""
+    undeclared = undeclared_keys(cfg)
+    if undeclared:
+        key, schema = undeclared[0]
+        raise ConfigError(f"+{key}: {schema.__module__}.{schema.__name__} declares no key "
+                          f"'{key.rsplit('.', 1)[-1]}', so nothing would read it: check its spelling "
+                          "(python -m roadmap.train --cfg job lists the keys)")
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except (OmegaConfBaseException, ValueError) as e:
         raise ConfigError(_one_line(e)) from e
+
+
+def undeclared_keys(node: DictConfig, prefix: str = "") -> List[Tuple[str, type]]:
+    """(dotted key, its node's dataclass) for every key of a structured node that its
+    dataclass does not declare, depth first."""
+    schema = OmegaConf.get_type(node)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    found: List[Tuple[str, type]] = []
+    for key in node.keys():
+        if declared is not None and key not in declared:
+            found.append((f"{prefix}{key}", schema))
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            found += undeclared_keys(child, f"{prefix}{key}.")
+    return found
 
 
 def model_config(cfg) -> ModelConfig:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from roadmap.errors import RunDirError
@@ -282,6 +283,34 @@ def _flatten(d: Dict, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def run_identity(config: Dict[str, Any]) -> Dict[str, Any]:
+    """What a checkpoint belongs to: the step, the seed and twelve hex digits that change
+    with every key deciding the run's numbers (NEUTRAL_KEYS left out, as in
+    config_differences), from the config as config.yaml holds it (identity_of gives that)."""
+    flat = _flatten(config)
+    kept = sorted((k, v) for k, v in flat.items() if not k.startswith(NEUTRAL_KEYS))
+    digest = hashlib.sha256(json.dumps(kept, default=str).encode()).hexdigest()[:12]
+    return {"step": str((config.get("step") or {}).get("name")), "seed": config.get("seed"), "config": digest}
+
+
+def identity_of(cfg: DictConfig) -> Dict[str, Any]:
+    """run_identity of a composed config, read back as config.yaml writes it (so a reader
+    of the run directory computes the same identity)."""
+    return run_identity(yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True)))
+
+
+def identity_mismatch(saved: Optional[Dict[str, Any]], wanted: Dict[str, Any]) -> Optional[str]:
+    """How a checkpoint's recorded run differs from this one (copied or moved in), or None;
+    a checkpoint of an earlier version, which records no run, is taken as this run's."""
+    if saved is None or saved == wanted:
+        return None
+
+    def named(r: Dict[str, Any]) -> str:
+        return f"{r.get('step')} seed {r.get('seed')}, config {r.get('config')}"
+
+    return f"belongs to another run ({named(saved)}), not to this one ({named(wanted)})"
+
+
 def config_differences(saved: Dict, wanted: Dict) -> List[str]:
     """Keys whose values differ, as 'key: saved -> wanted', ignoring NEUTRAL_KEYS."""
     a, b = _flatten(saved), _flatten(wanted)
@@ -399,10 +428,13 @@ def claim(run_dir: Path, where: str = "run") -> Optional[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = _try_lock(path)
     if lock is not None:
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        lock.flush()
+        try:  # unbuffered: a write that fails leaves nothing for close() to flush
+            os.ftruncate(lock.fileno(), 0)
+            os.pwrite(lock.fileno(), f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError as e:  # a full disk, a quota
+            lock.close()
+            raise RunDirError(f"cannot write the lock {path} ({e.strerror}): free space there, or choose another "
+                              "hydra.sweep.dir") from e
     return lock
 
 

@@ -25,20 +25,24 @@ and table.csv: each step beside the paper, one table per value of the swept keys
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import importlib.util
 import itertools
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from hydra.core.override_parser.types import Glob, Override
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from tqdm import tqdm
 
-from roadmap import designs, results, rundir
+from roadmap import designs, progress, results, rundir
 from roadmap.cli import CommandLine, check, launch, line, one_line_errors, read, step_names
 from roadmap.complexity import costliest_first
 from roadmap.config import (
@@ -53,6 +57,7 @@ from roadmap.config import (
     validate,
 )
 from roadmap.data import IN_MEMORY_LOADERS
+from roadmap.errors import ResultsError
 from roadmap.machine import (
     Device,
     export_srun_environment,
@@ -61,10 +66,23 @@ from roadmap.machine import (
     setup_distributed,
     shutdown_distributed,
 )
-from roadmap.recipe import RecipeConfig
 from roadmap.train import run_one
 
 EXAMPLE = "+step=all or seed=0,1,2"
+MAX_RUNS = 5000
+"""The most runs one sweep plans (README: split a larger one by a swept key, into one study)."""
+PLAN_BAR_FROM = 50
+"""Configs to compose from which planning shows its progress (a bar on a terminal, a line otherwise)."""
+SWEEP_PID = "ROADMAP_SWEEP_PID"
+"""The sweep's process id, in its environment: a process whose parent it is is one of its workers."""
+PR_SET_PDEATHSIG = 1
+"""prctl's option (linux/prctl.h): the signal a process gets when its parent dies."""
+TERMINATED: List[int] = []
+"""SIGTERM, once it stopped the sweep (it exits 143, not Ctrl-C's 130). A list, not an Event:
+the runs' function, pickled by value for joblib's workers when the sweep runs as __main__, refers to it."""
+QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
+"""loky's resource tracker cleans up after workers that a signal stopped, and warns of what it
+cleaned: noise on the user's screen (PYTHONWARNINGS filter, inherited by the tracker)."""
 # Launchers a sweep can use: Hydra's own, the plugins the project depends on, and conf/hydra/launcher/.
 LAUNCHER_PLUGINS = {
     "basic": None,
@@ -165,14 +183,8 @@ def plan(cmd: CommandLine) -> Plan:
         skipped=skipped,
     )
     check_launcher(cmd)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    for variant in p.variants():
-        for step in p.steps:
-            seed = [f"seed={p.seeds[0]}"] if p.seeds else []
-            cfg = compose_overrides(f"+step={step}", *p.fixed, *filter(None, variant.split("/")), *seed, *search)
-            recipe: RecipeConfig = OmegaConf.to_object(cfg.recipe)  # type: ignore[assignment]
-            recipe.split(world)  # under torchrun: the batch splits over the ranks
-            p.configs[(variant, step)] = cfg
+    check_size(p)
+    compose_all(p, search)
     if not p.seeds:
         p.seeds = [int(next(iter(p.configs.values())).seed)]
     first = filter(None, p.variants()[0].split("/"))
@@ -180,6 +192,31 @@ def plan(cmd: CommandLine) -> Plan:
     p.jobs = side_by_side(cmd, p)
     p.launch_order = longest_first(p) if p.jobs > 1 else list(p.steps)
     return p
+
+
+def check_size(p: Plan) -> None:
+    """ConfigError for a sweep above MAX_RUNS, before its plan is made (Hydra composes each
+    network's config in about 0.3 s on a laptop core: planning alone would take hours)."""
+    count = len(p.steps) * len(p.variants()) * max(1, len(p.seeds))
+    if count > MAX_RUNS:
+        widest = max(p.axes, key=lambda k: len(p.axes[k]), default="seed")
+        raise ConfigError(f"the sweep has {count:,} runs, more than the {MAX_RUNS:,} one sweep takes: split it, "
+                          f"e.g. one sweep per value of {widest} (each into the same hydra.sweep.dir)")
+
+
+def compose_all(p: Plan, search: List[str]) -> None:
+    """Compose and check each network's config of every swept value (Hydra's compose), with
+    a bar on a terminal where there are many."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    todo = [(variant, step) for variant in p.variants() for step in p.steps]
+    many = len(todo) >= PLAN_BAR_FROM and is_main_process()
+    if many and not sys.stderr.isatty():
+        print(f"sweep: planning {len(todo)} configs (Hydra composes each)", file=sys.stderr, flush=True)
+    seed = [f"seed={p.seeds[0]}"] if p.seeds else []
+    for variant, step in tqdm(todo, desc="planning", unit="config", leave=False, disable=not many or None):
+        cfg = compose_overrides(f"+step={step}", *p.fixed, *filter(None, variant.split("/")), *seed, *search)
+        validate(cfg).recipe.split(world)  # under torchrun: the batch must split over the ranks
+        p.configs[(variant, step)] = cfg
 
 
 def longest_first(p: Plan) -> List[str]:
@@ -291,19 +328,37 @@ def check_launcher(cmd: CommandLine) -> None:
             raise ConfigError(f"launcher '{name}' is not installed: pip install {package}")
 
 
+def check_run_dirs(p: Plan) -> None:
+    """Before any run trains: every run directory is a directory or can be made one. A symlink
+    to a directory is followed; one to nothing, or a file on the way, is refused."""
+    for variant, step, seed in p.runs():
+        run_dir = p.run_dir(variant, step, seed)
+        for path in [run_dir, *run_dir.parents]:
+            if path.is_symlink() and not path.exists():
+                raise ConfigError(f"{path} is a symlink to {os.readlink(path)}, which does not exist: "
+                                  "remove the link, or point it to a directory, then rerun")
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"{path} is a file where the run {step} seed{seed} needs a directory: "
+                                  "move it away, or choose another hydra.sweep.dir")
+            if path == p.sweep_dir or (path.exists() and path.is_dir()):
+                break
+
+
 # ----------------------------------------------------------------------------- one job
 
 
 def run_job(cfg: DictConfig, run_dir: Path, study_dir: Path) -> int:
     """One run of the sweep. One process takes its lock (rank 0, where several processes
     train it together); every process then trains it, or every process skips it."""
+    if is_worker():
+        become_worker(cfg)
     export_cluster_environment()
     setup_distributed(Device(cfg.train.device))
     lock, refused = None, None
     if is_main_process():
         try:
             lock = rundir.claim(run_dir, cfg.sweep.lock)
-        except rundir.CannotLock as e:
+        except rundir.RunDirError as e:  # the filesystem cannot lock, or the disk is full
             refused = str(e)
     held, refused = from_main_process((lock is None, refused))
     if refused or held:
@@ -315,13 +370,59 @@ def run_job(cfg: DictConfig, run_dir: Path, study_dir: Path) -> int:
                   file=sys.stderr if refused else sys.stdout, flush=True)
         return 2 if refused else 0
     try:
-        code = run_one(cfg, run_dir, stop_on_interrupt=True)  # Ctrl-C stops the sweep, not only this run
+        with said_by_the_display():
+            code = run_one(cfg, run_dir, stop_on_interrupt=True)  # Ctrl-C stops the sweep, not only this run
     finally:
         if lock is not None:
             lock.close()
     if is_main_process():
-        results.save_tables(study_dir)
+        try:
+            results.save_tables(study_dir)
+        except ResultsError as e:  # a full disk: the run is kept, the tables are written at the end
+            print(f"error: {e}", file=sys.stderr, flush=True)
     return code
+
+
+def is_worker() -> bool:
+    """True in a process that the sweep's launcher started for its runs (joblib's workers),
+    not in the sweep itself nor in a job of a scheduler (submitit keeps its own signals)."""
+    return os.environ.get(SWEEP_PID) == str(os.getppid())
+
+
+def become_worker(cfg: DictConfig) -> None:
+    """A worker dies with the sweep (Linux's parent-death signal: a sweep killed by SIGKILL
+    or the OOM killer leaves no run training, and no lock held), stops on SIGTERM as on
+    Ctrl-C, and draws no bar of its own (the runs share the terminal)."""
+    die_with_parent()
+    if os.getppid() != int(os.environ[SWEEP_PID]):  # the sweep died before the signal was set
+        os._exit(1)
+    signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
+    cfg.train.progress = False
+
+
+def die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL) where the C library has prctl (Linux); else nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: a killed sweep's workers end their runs, then stop
+        pass
+
+
+def stop_as_on_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler, `kill`): the runs in flight keep their last epoch, as on Ctrl-C."""
+    TERMINATED.append(signum)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def said_by_the_display() -> Iterator[None]:
+    """While the sweep's display says the runs' lines (progress.QUIET), a worker prints none."""
+    if not os.environ.get(progress.QUIET):
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
 
 
 def export_cluster_environment() -> None:
@@ -368,15 +469,18 @@ def unfinished(p: Plan, runs) -> List[str]:
 
 def finish(p: Plan, interrupted: bool) -> int:
     """Write the study's tables, print them and say what did not complete; the exit code."""
-    runs, text, _ = results.save_tables(p.sweep_dir)
+    try:
+        runs, text, _ = results.save_tables(p.sweep_dir)
+    except ResultsError as e:  # a full disk, a study others cannot read: the runs are kept
+        print(f"error: {e}", file=sys.stderr)
+        return stopped_code() if interrupted else 1
     print(text)
     print(f"results: {p.sweep_dir / 'results.csv'}, table: {p.sweep_dir / 'table.md'}")
     if interrupted:
-        print(
-            "interrupted: the sweep stopped; run the same command again to resume (finished runs are kept)",
-            file=sys.stderr,
-        )
-        return 130
+        how = "terminated (SIGTERM)" if bool(TERMINATED) else "interrupted"
+        print(f"{how}: the sweep stopped; run the same command again to resume (finished runs are kept)",
+              file=sys.stderr)
+        return stopped_code()
     bad = unfinished(p, runs)
     if bad:
         print(f"{len(bad)} of {len(p.runs())} runs did not complete: " + "; ".join(bad), file=sys.stderr)
@@ -407,11 +511,17 @@ def show(cmd: CommandLine, argv: Sequence[str]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     export_srun_environment()  # under plain srun, the tasks train each run together, and only rank 0 reports
+    signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)  # a scheduler's stop, as Ctrl-C; the exit code says which
     try:
         sweep(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # before the first run or while writing the tables
         print("interrupted: run the same command again to resume (finished runs are kept)", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(stopped_code())
+
+
+def stopped_code() -> int:
+    """130 after Ctrl-C, 143 after SIGTERM (the shell's 128 + the signal)."""
+    return 128 + (signal.SIGTERM if bool(TERMINATED) else signal.SIGINT)
 
 
 def sweep(argv: List[str]) -> None:
@@ -422,25 +532,43 @@ def sweep(argv: List[str]) -> None:
         p = plan(cmd)
         rundir.check_writable(p.sweep_dir, option="hydra.sweep.dir")
         rundir.check_lockable(p.sweep_dir, next(iter(p.configs.values())).sweep.lock)
+        check_run_dirs(p)
     say = is_main_process()
     if say:
-        at_once = f", {p.jobs} at a time" if p.jobs > 1 else ""
-        print(
-            f"sweep: {len(p.runs())} runs ({len(p.steps)} networks x {len(p.variants())} values x {len(p.seeds)} seeds"
-            f"{at_once}) -> {p.sweep_dir}",
-            flush=True,
-        )
-        for line in skipped_lines(p.skipped):
-            print(f"  not trained: {line}", flush=True)
+        announce(p)
     interrupted = False
+    display = progress.Display(display_runs(p), p.jobs) if say and progress.wanted(p.jobs) else None
+    os.environ[SWEEP_PID] = str(os.getpid())  # the launcher's workers know the sweep by it
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_TRACKER]))
     try:
+        if display:
+            display.start()
         launch(lambda cfg, run_dir: run_job(cfg, run_dir, p.sweep_dir), p.hydra_argv(), "sweep")
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        if display:
+            display.stop()
         shutdown_distributed()
-    code = finish(p, interrupted) if say else (130 if interrupted else 0)
+    code = finish(p, interrupted) if say else (stopped_code() if interrupted else 0)
     sys.exit(code)
+
+
+def announce(p: Plan) -> None:
+    at_once = f", {p.jobs} at a time" if p.jobs > 1 else ""
+    print(
+        f"sweep: {len(p.runs())} runs ({len(p.steps)} networks x {len(p.variants())} values x {len(p.seeds)} seeds"
+        f"{at_once}) -> {p.sweep_dir}",
+        flush=True,
+    )
+    for text in skipped_lines(p.skipped):
+        print(f"  not trained: {text}", flush=True)
+
+
+def display_runs(p: Plan) -> List[Tuple[str, int, Path, int]]:
+    """(step, seed, run directory, epochs) of every run, for the sweep's display."""
+    return [(step, seed, p.run_dir(v, step, seed), int(p.configs[(v, step)].recipe.epochs))
+            for v, step, seed in p.runs()]
 
 
 if __name__ == "__main__":

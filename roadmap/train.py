@@ -14,6 +14,7 @@ command again resumes an interrupted run and leaves a finished one alone.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import sys
 import time
 import traceback
@@ -103,6 +104,7 @@ class RunLog:
     def __init__(self, run_dir: Path, cfg: DictConfig, run: RunConfig, machine: Machine, steps_per_epoch: int):
         self.run_dir, self.run, self.machine, self.steps = run_dir, run, machine, steps_per_epoch
         self.history: List[EpochRecord] = []
+        self.identity = rundir.identity_of(cfg)  # what the checkpoint belongs to
         self.started = time.time()
         self.main = machine.main
         if self.main and not (run_dir / rundir.CONFIG).exists():
@@ -121,6 +123,10 @@ class RunLog:
         path = self.run_dir / rundir.CHECKPOINT
         if path.exists():
             checkpoint = rundir.load_checkpoint(path)
+            mismatch = rundir.identity_mismatch(checkpoint.get("run"), self.identity)
+            if mismatch:
+                raise rundir.RunDirError(f"checkpoint {path} {mismatch}: move it back to its own run directory, "
+                                         "or delete it to train this run from the start")
             try:
                 state.load_state_dict(checkpoint)
             except (KeyError, RuntimeError, ValueError) as e:
@@ -143,17 +149,13 @@ class RunLog:
             return
         rundir.save_checkpoint(
             self.run_dir / rundir.CHECKPOINT,
-            {**state.state_dict(), "epoch": record.epoch, "history": [dataclasses.asdict(h) for h in self.history]},
+            {**state.state_dict(), "epoch": record.epoch, "history": [dataclasses.asdict(h) for h in self.history],
+             "run": self.identity},
         )
         rundir.write_metrics(self.run_dir, self.history)
         self.write("running")
         self.logger.log(dataclasses.asdict(record))
-        print(
-            f"[{self.base.step} seed{self.base.seed}] epoch {record.epoch}/{self.run.recipe.epochs}: "
-            f"loss {record.train_loss:.4f}, top-1 {record.top1:.2f}%, top-5 {record.top5:.2f}%, "
-            f"{record.images_per_s:.0f} img/s, data {100 * record.data_share:.1f}%, {record.seconds:.1f}s",
-            flush=True,
-        )
+        print(epoch_line(self.base.step, self.base.seed, self.run.recipe.epochs, record), flush=True)
 
     def finish(self, status: str, **extra: Any) -> RunSummary:
         summary = self.write(status, **extra)
@@ -187,11 +189,21 @@ class RunLog:
         return summary
 
 
+def epoch_line(step: str, seed: int, epochs: int, record: EpochRecord) -> str:
+    """The line a run says after each epoch (and a sweep's display, for runs side by side)."""
+    return (f"[{step} seed{seed}] epoch {record.epoch}/{epochs}: loss {record.train_loss:.4f}, "
+            f"top-1 {record.top1:.2f}%, top-5 {record.top5:.2f}%, {record.images_per_s:.0f} img/s, "
+            f"data {100 * record.data_share:.1f}%, {record.seconds:.1f}s")
+
+
 def _mean(values: List[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
 # ----------------------------------------------------------------------------- command line
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""A disk that cannot take the run's files: said in one line, the run kept for a rerun (not a crash)."""
 
 
 def run_one(cfg: DictConfig, run_dir: Path, stop_on_interrupt: bool = False) -> int:
@@ -214,11 +226,9 @@ def run_one(cfg: DictConfig, run_dir: Path, stop_on_interrupt: bool = False) -> 
                 f"interrupted: run the same command again to resume from {run_dir / rundir.CHECKPOINT}", file=sys.stderr
             )
         return 130
-    except Exception as e:  # a crash inside training: record it, say where the traceback is
+    except Exception as e:  # a crash inside training, or a full disk
         if say:
-            record_failure(run_dir, e)
-            print(f"error: the run failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                  f"traceback in {Path(run_dir) / rundir.ERROR}", file=sys.stderr)
+            print(failure(run_dir, e), file=sys.stderr)
         return 1
     failed = summary.status == "diverged" and not already
     if say:
@@ -239,6 +249,17 @@ def outcome(summary: RunSummary, run_dir: Path, already: bool) -> str:
         f"{summary.images_per_s:.0f} img/s, data {100 * summary.data_share:.1f}% of step time, "
         f"{summary.wall_time_s:.0f}s -> {run_dir}"
     )
+
+
+def failure(run_dir: Path, e: Exception) -> str:
+    """The line a failed run ends with. A crash is recorded (error.txt, status `failed`); a
+    disk that cannot take the run's files is only said: the run resumes once there is room."""
+    if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+        return (f"error: cannot write into {run_dir} ({e.strerror}): free space there, then run the same command "
+                "again to resume from its last epoch")
+    record_failure(run_dir, e)
+    return (f"error: the run failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"traceback in {Path(run_dir) / rundir.ERROR}")
 
 
 def record_failure(run_dir: Path, error: Exception) -> None:
