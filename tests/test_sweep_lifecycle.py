@@ -281,3 +281,13 @@ dd if=/dev/zero of={disk}/fill bs=64k 2> /dev/null
     assert "Traceback" not in errors
     assert any(s.startswith("error: ") and "No space left on device" in s and str(study) in s
                for s in errors.splitlines())
+
+
+# ----------------------------------------------------------------------------- 7. a sweep too large to plan
+
+
+def test_a_sweep_above_the_largest_plan_is_refused_before_composing_with_how_to_split_it(tmp_path):
+    out = cli("roadmap.sweep", "+step=all", "recipe.lr=range(1,400)", "seed=range(0,3)", *SMOKE,
+              f"hydra.sweep.dir={tmp_path}")
+    one_line_error(out, "20,349 runs", "more than the 5,000", "one sweep per value of recipe.lr")
+    assert not any(tmp_path.iterdir())
