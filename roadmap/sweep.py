@@ -39,7 +39,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from hydra.core.override_parser.types import Glob, Override
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from roadmap import designs, progress, results, rundir
@@ -66,6 +66,7 @@ from roadmap.machine import (
     setup_distributed,
     shutdown_distributed,
 )
+from roadmap.recipe import RecipeConfig
 from roadmap.train import run_one
 
 EXAMPLE = "+step=all or seed=0,1,2"
@@ -215,7 +216,8 @@ def compose_all(p: Plan, search: List[str]) -> None:
     seed = [f"seed={p.seeds[0]}"] if p.seeds else []
     for variant, step in tqdm(todo, desc="planning", unit="config", leave=False, disable=not many or None):
         cfg = compose_overrides(f"+step={step}", *p.fixed, *filter(None, variant.split("/")), *seed, *search)
-        validate(cfg).recipe.split(world)  # under torchrun: the batch must split over the ranks
+        recipe: RecipeConfig = OmegaConf.to_object(cfg.recipe)  # type: ignore[assignment]  (compose validated cfg)
+        recipe.split(world)  # under torchrun: the batch must split over the ranks
         p.configs[(variant, step)] = cfg
 
 
