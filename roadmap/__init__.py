@@ -3,12 +3,13 @@
 Its modules stand in floors along the data flow: each imports only from the floors below
 its own (tests/test_house.py holds this map and checks it). Top down:
 
-    12  sweep
-    11  progress
-    10  train
-     9  bench
-     8  bench_report
-     7  wall_time, inspect, export
+    13  sweep
+    12  progress
+    11  train
+    10  bench
+     9  bench_report
+     8  wall_time, inspect, export
+     7  schedule
      6  complexity, engine, loggers, cli, results, designs, timm_models
      5  config
      4  data

@@ -16,7 +16,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from torchvision.ops import StochasticDepth
 
 from roadmap.config import compose, model_config
 from roadmap.errors import ConfigError
-from roadmap.model import ConvNet, ModelConfig, num_params
+from roadmap.model import ConvNet, num_params
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -109,16 +109,6 @@ def complexity(model_or_cfg: Any, resolution: Optional[int] = None) -> Complexit
 def _in_chans(model: nn.Module) -> int:
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     return first.in_channels
-
-
-def costliest_first(networks: Mapping[str, Tuple[ModelConfig, int]]) -> List[str]:
-    """The names of `networks` (name -> (config, resolution)) by their MACs, most first (a
-    stable sort). Runs side by side start in this order: each starts on the first free core,
-    and starting the long ones first leaves the short ones to fill the end (the
-    longest-processing-time rule), where one long run would otherwise train alone while the
-    other cores wait."""
-    cost = {name: complexity(cfg, resolution).macs for name, (cfg, resolution) in networks.items()}
-    return sorted(cost, key=lambda name: -cost[name])
 
 
 def map_steps(fn: Callable[[T], R], items: Sequence[T], processes: Optional[int] = None) -> List[R]:

@@ -173,8 +173,13 @@ def from_main_process(value: Any) -> Any:
     return box[0]
 
 
+def wants_cuda(kind: Device) -> bool:
+    """Whether train.device=`kind` trains on CUDA here (auto: where a GPU is visible)."""
+    return kind is Device.cuda or (kind is Device.auto and torch.cuda.is_available())
+
+
 def pick_device(kind: Device, local_rank: int) -> torch.device:
-    if kind is Device.cuda or (kind is Device.auto and torch.cuda.is_available()):
+    if wants_cuda(kind):
         if not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is visible: use train.device=cpu or auto")
         index = device_index(local_rank)

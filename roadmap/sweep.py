@@ -37,14 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import torch
 from hydra.core.override_parser.types import Glob, Override
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from roadmap import designs, progress, results, rundir
+from roadmap import designs, progress, results, rundir, schedule
 from roadmap.cli import CommandLine, check, launch, line, one_line_errors, read, step_names
-from roadmap.complexity import costliest_first
 from roadmap.config import (
     CONF_DIR,
     GROUPS,
@@ -56,7 +54,6 @@ from roadmap.config import (
     options,
     validate,
 )
-from roadmap.data import IN_MEMORY_LOADERS
 from roadmap.errors import ResultsError
 from roadmap.machine import (
     Device,
@@ -190,7 +187,7 @@ def plan(cmd: CommandLine) -> Plan:
         p.seeds = [int(next(iter(p.configs.values())).seed)]
     first = filter(None, p.variants()[0].split("/"))
     p.sweep_dir = Path(hydra_config(p.steps[0], [*p.fixed, *first, *cmd.hydra, *search]).sweep.dir)
-    p.jobs = side_by_side(cmd, p)
+    p.jobs = runs_at_once(cmd, p)
     p.launch_order = longest_first(p) if p.jobs > 1 else list(p.steps)
     return p
 
@@ -222,10 +219,9 @@ def compose_all(p: Plan, search: List[str]) -> None:
 
 
 def longest_first(p: Plan) -> List[str]:
-    """The steps, costliest network first (complexity.costliest_first), as the first swept
+    """The steps, costliest network first (schedule.costliest_first), as the first swept
     value builds them."""
-    runs = {step: validate(p.configs[(p.variants()[0], step)]) for step in p.steps}
-    return costliest_first({step: (run.model, run.data.image_size) for step, run in runs.items()})
+    return schedule.costliest_first({step: validate(p.configs[(p.variants()[0], step)]) for step in p.steps})
 
 
 def networks(cmd: CommandLine) -> Tuple[List[str], List[str], List[designs.Skipped]]:
@@ -251,19 +247,12 @@ def networks(cmd: CommandLine) -> Tuple[List[str], List[str], List[designs.Skipp
     return [n.name for n in nets], [f"hydra.searchpath=[{quote('file://' + str(folder))}]"], skipped
 
 
-def side_by_side(cmd: CommandLine, p: Plan) -> int:
-    """How many runs train at once: on the CPU, for in-memory data, with no launcher chosen,
-    one run per train.threads cores (the micro budget: 1 thread, so one run per core; small
-    networks gain more from runs side by side than from threads, BENCHMARKS.md); else 1."""
+def runs_at_once(cmd: CommandLine, p: Plan) -> int:
+    """How many runs train at once: 1 where a launcher is chosen or under torchrun, else as
+    many as schedule.side_by_side lets the runs' configs share the cores."""
     if any(o.key_or_group == "hydra/launcher" for o in cmd.overrides) or "WORLD_SIZE" in os.environ:
         return 1
-    threads = []
-    for cfg in p.configs.values():
-        on_cpu = cfg.train.device is Device.cpu or (cfg.train.device is Device.auto and not torch.cuda.is_available())
-        if not on_cpu or cfg.data.source not in IN_MEMORY_LOADERS or cfg.train.threads == 0:
-            return 1
-        threads.append(cfg.train.threads)
-    return max(1, min(len(p.runs()), len(os.sched_getaffinity(0)) // max(threads)))
+    return schedule.side_by_side(p.configs.values(), len(p.runs()))
 
 
 def skipped_lines(skipped: List["designs.Skipped"], most: int = 5) -> List[str]:

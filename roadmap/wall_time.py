@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Sequence, Tuple
 
 import torch
 
-from roadmap.complexity import costliest_first
 from roadmap.config import compose, validate
 from roadmap.engine import optimizer_step, state_for
 from roadmap.machine import Machine, keep_freed_memory
 from roadmap.model import ConvNet
+from roadmap.schedule import cores as core_count, costliest_first, makespan
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # Fashion-MNIST
 TEST_BATCH = 1024  # images per timed test step
@@ -108,15 +107,6 @@ def measure_side_by_side(steps: Sequence[str], processes: int, seconds: float) -
     return [StepRates(s, mean(i, "train_img_s"), mean(i, "test_img_s")) for i, s in enumerate(steps)]
 
 
-def makespan(durations: Sequence[float], workers: int) -> float:
-    """Wall time of jobs run in order, each on the first free worker (joblib's order)."""
-    free = [0.0] * workers
-    for d in durations:
-        i = free.index(min(free))
-        free[i] += d
-    return max(free)
-
-
 @dataclass
 class StudyProjection:
     """The default study's wall time both ways, and the rates per step behind it."""
@@ -137,7 +127,7 @@ class StudyProjection:
 
 def project(steps: Sequence[str], seconds: float = 1.0) -> StudyProjection:
     """The default study (these steps, one seed) both ways: rates per step and wall times."""
-    cores = len(os.sched_getaffinity(0))
+    cores = core_count()
     runs = {step: validate(compose(step)) for step in steps}
     epochs = runs[steps[0]].recipe.epochs
     threads = torch.get_num_threads()
@@ -148,7 +138,7 @@ def project(steps: Sequence[str], seconds: float = 1.0) -> StudyProjection:
         torch.set_num_threads(threads)  # the caller's setting, as it was
     shared = measure_side_by_side(steps, cores, seconds) if cores > 1 else alone
     old = sum(r.run_seconds(epochs) for r in alone)
-    order = costliest_first({step: (run.model, run.data.image_size) for step, run in runs.items()})  # as the sweep
+    order = costliest_first(runs)  # as the sweep
     rates = {r.step: r for r in shared}
     new = makespan([rates[step].run_seconds(epochs) for step in order], cores)
     return StudyProjection(cores, epochs, alone, shared, old, new)

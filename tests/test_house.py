@@ -24,6 +24,7 @@ LAYERS = [
     {"data"},
     {"config"},
     {"complexity", "engine", "loggers", "cli", "results", "designs", "timm_models"},
+    {"schedule"},
     {"wall_time", "inspect", "export"},
     {"bench_report"},
     {"bench"},
@@ -73,7 +74,7 @@ def test_the_layer_map_is_printed_in_the_package_docstring():
 TRAINER = ("train", "progress", "sweep")  # the modules that run training: one run, the sweep's display, the sweep
 
 
-@pytest.mark.parametrize("name", ["bench"])  # schedule joins when roadmap/schedule.py exists (issue 22)
+@pytest.mark.parametrize("name", ["bench", "schedule"])
 def test_bench_sits_below_the_trainer_and_imports_none_of_it(name):
     """Bench measures the trainer's own step (roadmap.engine), not by running the trainer."""
     assert LAYER_OF[name] < min(LAYER_OF[t] for t in TRAINER if t in LAYER_OF)
