@@ -32,6 +32,7 @@ import pandas as pd  # noqa: E402
 from analysis import design_figures  # noqa: E402
 from roadmap import paper, results  # noqa: E402
 from roadmap.config import SIDE_BRANCHES, STEPS  # noqa: E402
+from roadmap.rundir import Status  # noqa: E402
 
 # Figure 2's groups, in the paper's order.
 GROUPS = [
@@ -192,7 +193,8 @@ def say_left_out(study: Path, runs) -> None:
     left_out = runs.drop(results.averaged(runs).index)
     damaged = left_out[left_out["left_out"].notna()]
     left_out = left_out[left_out["left_out"].isna()]
-    unfinished, at_chance = left_out[left_out["status"] != "completed"], left_out[left_out["status"] == "completed"]
+    completed = left_out["status"] == Status.completed.value
+    unfinished, at_chance = left_out[~completed], left_out[completed]
     for rows, what in ((unfinished, "that did not complete"), (at_chance, "that ended at chance level"),
                        (damaged, "whose records cannot be averaged")):
         if len(rows):

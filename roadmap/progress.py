@@ -23,6 +23,7 @@ from typing import List, Optional, Tuple
 from tqdm import tqdm
 
 from roadmap import rundir
+from roadmap.rundir import Status
 from roadmap.train import epoch_line, outcome
 
 QUIET = "ROADMAP_SWEEP_DRAWS"
@@ -65,7 +66,7 @@ class Display:
         for w in self.runs:  # what an earlier session did is counted, not said again
             summary, _ = rundir.summary_and_status(w.run_dir)
             w.said = len(rundir.read_metrics(w.run_dir))
-            w.done = summary is not None and summary.status != "running"
+            w.done = summary is not None and summary.status is not Status.running
         total = sum(w.epochs for w in self.runs)
         self.sweep = tqdm(total=total, initial=self.epochs_done(), unit="epoch", position=0, dynamic_ncols=True,
                           desc=self.label(), bar_format=SWEEP_BAR)
@@ -104,13 +105,13 @@ class Display:
     def follow(self, w: Watched) -> None:
         """Say the run's new epochs and its end; keep its bar while it trains in this sweep."""
         summary, status = rundir.summary_and_status(w.run_dir)
-        if summary is None or (summary.status == "running" and self.stale(w)):
+        if summary is None or (summary.status is Status.running and self.stale(w)):
             return  # not started, or left running by an earlier session and not resumed yet
         records = rundir.read_metrics(w.run_dir)
         for record in records[w.said:]:
             tqdm.write(epoch_line(w.step, w.seed, w.epochs, record))
         w.said = max(w.said, len(records))
-        if status == "running":
+        if status is Status.running:
             if w.bar is None:
                 tqdm.write(f"[{w.step} seed{w.seed}] training, epoch {w.said + 1} of {w.epochs} -> {w.run_dir}")
                 w.bar = tqdm(total=w.epochs, initial=w.said, unit="epoch", position=self.free_position(),
@@ -122,7 +123,7 @@ class Display:
         if w.bar is not None:
             w.bar.close()
             w.bar = None
-        if status == "completed":  # the worker says a diverged or failed run on stderr itself
+        if status is Status.completed:  # the worker says a diverged or failed run on stderr itself
             tqdm.write(outcome(summary, w.run_dir, already=False))
 
     def stale(self, w: Watched) -> bool:

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from roadmap import factors, paper, rundir, stats
 from roadmap.errors import ResultsError
-from roadmap.rundir import RunSummary
+from roadmap.rundir import RunSummary, Status
 from roadmap.tables import markdown_lines
 from roadmap.config import PARENTS, SIDE_BRANCHES, STEPS, step_order
 
@@ -181,7 +181,7 @@ def _run_row(run: Path) -> Dict[str, Any]:
     summary, status = rundir.summary_and_status(run)
     cfg = _flat_config(run)
     if not cfg and (run / rundir.CONFIG).exists():
-        status = "unreadable"
+        status = Status.unreadable
     row: Dict[str, Any] = {name: None for name in SUMMARY_COLUMNS}
     if summary is not None:
         row.update({k: v for k, v in summary.to_dict().items() if k in row})
@@ -190,20 +190,20 @@ def _run_row(run: Path) -> Dict[str, Any]:
             row[name] = cfg.get(f"cfg.{key}")
     study, swept = layout(run, row["step"])
     left_out = damage(row, status)
-    at_chance = not left_out and status == "completed" and collapsed(row["top1"], cfg.get("cfg.data.num_classes"))
+    at_chance = not left_out and status is Status.completed and collapsed(row["top1"], cfg.get("cfg.data.num_classes"))
     order = step_order(row["step"]) + design_order(row["step"], cfg.get("cfg.step.reference"))
-    return {**row, "status": status, "collapsed": at_chance, "left_out": left_out, "study": study, "order": order,
+    return {**row, "status": status.value, "collapsed": at_chance, "left_out": left_out, "study": study, "order": order,
             "run_dir": str(run), "swept": swept, **cfg}
 
 
-def damage(row: Dict[str, Any], status: str) -> Optional[str]:
+def damage(row: Dict[str, Any], status: Status) -> Optional[str]:
     """Why a run's record cannot be averaged although its directory says it completed (a
     seed that is not an integer, a top-1 that is not a finite number); None when it can."""
     seed = row.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         return f"its seed {seed!r} is not an integer"
     top1 = row.get("top1")
-    if status == "completed" and not (isinstance(top1, (int, float)) and not isinstance(top1, bool)
+    if status is Status.completed and not (isinstance(top1, (int, float)) and not isinstance(top1, bool)
                                       and np.isfinite(top1)):
         return f"its top-1 {top1!r} is not a finite number"
     return None
@@ -227,7 +227,7 @@ def foreign(df: pd.DataFrame) -> pd.Series:
 def averaged(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs that count: completed, not collapsed, and nothing in `left_out`."""
     kept = runs["left_out"].isna() if "left_out" in runs else True
-    return runs[(runs["status"] == "completed") & ~runs["collapsed"].fillna(False).astype(bool) & kept]
+    return runs[(runs["status"] == Status.completed.value) & ~runs["collapsed"].fillna(False).astype(bool) & kept]
 
 
 def run_outcomes(runs: pd.DataFrame) -> pd.Series:

@@ -29,12 +29,30 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from roadmap.errors import RunDirError
+from roadmap.errors import Choice, RunDirError
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT, ERROR, LOCK = (
     "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "error.txt", ".lock")
-FINISHED = ("completed", "diverged")
-STATUSES = ("running", "completed", "diverged", "failed")
+
+
+class Status(Choice):
+    """How a run stands. A run writes the first four into summary.json; a reader of run
+    directories sees the last two where there is no summary to read."""
+
+    running = "running"  # training, or stopped (killed, interrupted) before its last epoch
+    completed = "completed"  # trained every epoch: its top-1 is the run's number
+    diverged = "diverged"  # a loss became NaN or infinite; the run stopped there
+    failed = "failed"  # crashed: error.txt holds the traceback
+    unreadable = "unreadable"  # read only: summary.json or config.yaml is there but broken
+    incomplete = "incomplete"  # read only: the directory holds no summary yet
+
+    @property
+    def finished(self) -> bool:
+        """Completed or diverged: training it again changes nothing."""
+        return self in (Status.completed, Status.diverged)
+
+
+WRITTEN = (Status.running, Status.completed, Status.diverged, Status.failed)  # what summary.json may hold
 
 # Keys that do not change what a run computes: a run may resume with other values.
 NEUTRAL_KEYS = (
@@ -95,8 +113,8 @@ class RunSummary:
     """summary.json: what a run is and how it went. Written when the run starts, after every
     epoch and at the end; every field but the status is None until known."""
 
-    status: str
-    """running, completed, diverged or failed."""
+    status: Status
+    """running, completed, diverged or failed (Status)."""
     step: Optional[str] = None
     """The roadmap step (conf/step/<step>.yaml)."""
     change: Optional[str] = None
@@ -156,10 +174,12 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, record: Dict[str, Any]) -> "RunSummary":
-        return cls(**_known(cls, record))
+        """ValueError for a status that is none of Status's."""
+        known = _known(cls, record)
+        return cls(**{**known, "status": Status(known.get("status"))})
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "status": self.status.value}
 
 
 # ----------------------------------------------------------------------------- files
@@ -216,9 +236,12 @@ def read_summary(run_dir: Path) -> Optional[RunSummary]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunDirError(f"{path} is unreadable ({type(e).__name__}): delete it to rebuild it from the checkpoint, "
                           "or delete the run directory to train the run again") from e
-    summary = RunSummary.from_dict(record) if isinstance(record, dict) and "status" in record else None
-    valid = summary is not None and summary.status in STATUSES
-    if valid and summary.status == "completed":  # a completed run has its figure
+    try:
+        summary = RunSummary.from_dict(record) if isinstance(record, dict) else None
+    except ValueError:  # no status, or none of Status's
+        summary = None
+    valid = summary is not None and summary.status in WRITTEN
+    if valid and summary.status is Status.completed:  # a completed run has its figure
         valid = isinstance(summary.top1, (int, float))
     if not valid:
         raise RunDirError(
@@ -253,14 +276,14 @@ def write_metrics(run_dir: Path, history: List[EpochRecord]) -> None:
     write_lines(Path(run_dir) / METRICS, [dataclasses.asdict(r) for r in history])
 
 
-def summary_and_status(run_dir: Path) -> Tuple[Optional[RunSummary], str]:
+def summary_and_status(run_dir: Path) -> Tuple[Optional[RunSummary], Status]:
     """The run's summary and its status for a reader: the summary's, `unreadable` for a
     broken summary, `incomplete` for a directory that holds no summary."""
     try:
         summary = read_summary(run_dir)
     except RunDirError:
-        return None, "unreadable"
-    return summary, summary.status if summary else "incomplete"
+        return None, Status.unreadable
+    return summary, summary.status if summary else Status.incomplete
 
 
 def remove_if_unused(run_dir: Path) -> None:

@@ -64,6 +64,7 @@ from roadmap.machine import (
     shutdown_distributed,
 )
 from roadmap.recipe import RecipeConfig
+from roadmap.rundir import Status
 from roadmap.train import run_one
 
 EXAMPLE = "+step=all or seed=0,1,2"
@@ -453,7 +454,7 @@ def unfinished(p: Plan, runs) -> List[str]:
             out.append(f"{name}: refused (its run directory holds another config)")
             continue
         state = status.get(run_dir.resolve(), "not run")
-        if state != "completed":  # a collapsed run completed; the table says it is not averaged
+        if state != Status.completed.value:  # a collapsed run completed; the table says it is not averaged
             out.append(f"{name}: {state}")
     return out
 

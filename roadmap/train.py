@@ -33,7 +33,7 @@ from roadmap.errors import ConfigError, RoadmapError
 from roadmap.loggers import LOGGERS, NoLogger
 from roadmap.machine import Machine, code_version, in_sync, is_main_process, library_versions, peak_memory_mb, setup
 from roadmap.machine import export_srun_environment, shutdown_distributed
-from roadmap.rundir import EpochRecord, RunSummary
+from roadmap.rundir import EpochRecord, RunSummary, Status
 
 # ----------------------------------------------------------------------------- the run, phase by phase
 
@@ -59,17 +59,17 @@ def _train(cfg: DictConfig, run_dir: Path) -> RunSummary:
         try:
             stats = train_one_epoch(state, data, run, epoch, machine.main and run.train.progress)
         except Diverged as d:
-            return log.finish("diverged", diverged_epoch=d.epoch, diverged_loss=str(d.loss))
+            return log.finish(Status.diverged, diverged_epoch=d.epoch, diverged_loss=str(d.loss))
         top1, top5 = evaluate(state.eval_model, data, state.forward_format, run.train.channels_last)
         log.epoch(EpochRecord(epoch + 1, stats.train_loss, stats.lr, top1, top5, stats.images_per_s, stats.data_share,
                               time.perf_counter() - started), state)
-    return log.finish("completed", ddp_in_sync=in_sync(state.model) if machine.world > 1 else None)
+    return log.finish(Status.completed, ddp_in_sync=in_sync(state.model) if machine.world > 1 else None)
 
 
 def finished_run(run_dir: Path, cfg: DictConfig) -> Optional[RunSummary]:
     """The summary of a run already completed or diverged here (with this config), or None."""
     summary = rundir.read_summary(run_dir)
-    if summary is None or summary.status not in rundir.FINISHED:
+    if summary is None or not summary.status.finished:
         return None
     rundir.check_config(run_dir, cfg)
     return summary
@@ -112,9 +112,9 @@ class RunLog:
         self.logger = LOGGERS[run.logger.kind](run, cfg, run_dir) if self.main else NoLogger()
         cost = complexity(run.model, run.data.image_size)
         self.base = RunSummary(
-            status="running", step=run.step.name, change=run.step.change, regime=run.regime.name, data=run.data.name,
-            recipe=run.recipe.name, seed=run.seed, params=cost.params, gmacs=cost.gmacs, resolution=cost.resolution,
-            epochs=run.recipe.epochs, world_size=machine.world, device=str(machine.device),
+            status=Status.running, step=run.step.name, change=run.step.change, regime=run.regime.name,
+            data=run.data.name, recipe=run.recipe.name, seed=run.seed, params=cost.params, gmacs=cost.gmacs,
+            resolution=cost.resolution, epochs=run.recipe.epochs, world_size=machine.world, device=str(machine.device),
             threads=torch.get_num_threads(), code_version=code_version(), versions=library_versions(),
         )
 
@@ -137,7 +137,7 @@ class RunLog:
         self.started -= sum(h.seconds for h in self.history)
         if self.main:
             rundir.write_metrics(self.run_dir, self.history)  # drops lines of an epoch the checkpoint lacks
-            self.write("running")
+            self.write(Status.running)
             b, r = self.base, self.run
             print(f"[{b.step} seed{b.seed}] {b.params / 1e6:.2f} M params, {b.gmacs:.4g} GMACs at {b.resolution}px, "
                   f"{r.recipe.name} recipe, {r.recipe.epochs} epochs of {self.steps} steps, {b.device} x{b.world_size} "
@@ -153,20 +153,20 @@ class RunLog:
              "run": self.identity},
         )
         rundir.write_metrics(self.run_dir, self.history)
-        self.write("running")
+        self.write(Status.running)
         self.logger.log(dataclasses.asdict(record))
         print(epoch_line(self.base.step, self.base.seed, self.run.recipe.epochs, record), flush=True)
 
-    def finish(self, status: str, **extra: Any) -> RunSummary:
+    def finish(self, status: Status, **extra: Any) -> RunSummary:
         summary = self.write(status, **extra)
         if self.main:
-            if status == "diverged":
+            if status is Status.diverged:
                 print(f"[{summary.step} seed{summary.seed}] diverged in epoch {summary.diverged_epoch}: "
                       f"loss {summary.diverged_loss}", flush=True)
             self.logger.finish(summary.to_dict())
         return summary
 
-    def write(self, status: str, **extra: Any) -> RunSummary:
+    def write(self, status: Status, **extra: Any) -> RunSummary:
         """The summary of the run so far (written by rank 0)."""
         h = self.history
         best = max(h, key=lambda e: e.top1) if h else None
@@ -230,7 +230,7 @@ def run_one(cfg: DictConfig, run_dir: Path, stop_on_interrupt: bool = False) -> 
         if say:
             print(failure(run_dir, e), file=sys.stderr)
         return 1
-    failed = summary.status == "diverged" and not already
+    failed = summary.status is Status.diverged and not already
     if say:
         print(outcome(summary, run_dir, already is not None), file=sys.stderr if failed else sys.stdout)
     return 3 if failed else 0
@@ -241,7 +241,7 @@ def outcome(summary: RunSummary, run_dir: Path, already: bool) -> str:
     if already:
         return (f"{run_dir} already holds a {summary.status} run (top-1 {summary.top1}): nothing to do. "
                 "Choose another hydra.run.dir to train it again.")
-    if summary.status == "diverged":
+    if summary.status is Status.diverged:
         return (f"error: the run diverged in epoch {summary.diverged_epoch} (loss {summary.diverged_loss}); "
                 f"{run_dir / rundir.SUMMARY} records it")
     return (
@@ -268,11 +268,11 @@ def record_failure(run_dir: Path, error: Exception) -> None:
         return
     rundir.atomic_write(Path(run_dir) / rundir.ERROR, traceback.format_exc().encode())
     try:
-        before = rundir.read_summary(run_dir) or RunSummary(status="failed")
+        before = rundir.read_summary(run_dir) or RunSummary(status=Status.failed)
     except rundir.RunDirError:
-        before = RunSummary(status="failed")
+        before = RunSummary(status=Status.failed)
     rundir.write_summary(
-        run_dir, dataclasses.replace(before, status="failed", error=f"{type(error).__name__}: {error}")
+        run_dir, dataclasses.replace(before, status=Status.failed, error=f"{type(error).__name__}: {error}")
     )
 
 

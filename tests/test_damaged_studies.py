@@ -183,3 +183,32 @@ def test_runs_of_another_regime_are_named_and_never_averaged(tmp_path):
     assert row["left_out"] == "a regime of r50 in a study of micro"
     assert R.step_table(runs).set_index("step").loc["gelu", "seeds"] == 2
     assert pd.isna(runs[runs["step"] == "resnet"]["left_out"]).all()
+
+
+def test_every_committed_run_reads_its_status_as_a_status_old_layouts_included():
+    from roadmap.rundir import Status, read_summary
+
+    runs = sorted((ROOT / "experiments").glob("**/seed*/summary.json"))
+    assert len(runs) > 100
+    statuses = {read_summary(p.parent).status for p in runs}
+    assert statuses <= set(Status) and all(isinstance(s, Status) for s in statuses)
+
+
+@pytest.mark.parametrize("status", ["unreadable", "incomplete", "done", None, 3])
+def test_a_summary_whose_status_no_run_writes_reads_as_unreadable(tmp_path, status):
+    from roadmap.rundir import Status, summary_and_status
+
+    run = copy(tmp_path, "study", runs=1) / "depthwise_conv" / "seed0"
+    edit(run / "summary.json", status=status)
+    assert summary_and_status(run) == (None, Status.unreadable)
+
+
+def test_a_summary_reads_back_and_writes_the_same_file(tmp_path):
+    from roadmap.rundir import Status, read_summary, write_summary
+
+    run = tmp_path / "run"
+    summary = read_summary(sorted(REFERENCE.glob("*/seed0"))[0])
+    write_summary(run, summary)
+    again = read_summary(run)
+    assert again == summary and again.status is Status.completed
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"

@@ -17,7 +17,7 @@ from analysis import checkpoints, corruptions, erf, robustness
 from roadmap import rundir
 from roadmap.data import load_fashion_mnist
 from roadmap.errors import ResultsError
-from roadmap.rundir import RunSummary
+from roadmap.rundir import RunSummary, Status
 
 ROOT = Path(__file__).resolve().parent.parent
 TWO_SEEDS = ("resnet", "kernel_7", "gelu")  # the smoke study's steps with two seeds; the others have one
@@ -152,7 +152,7 @@ def make_run(root: Path, cfg, seed: int, weights, top1: float) -> Path:
              for k, v in weights.items()}
     (run / rundir.CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.save({"model": state, "epoch": 1, "history": []}, run / rundir.CHECKPOINT)
-    summary = RunSummary(status="completed", step=step, change=cfg.step.change, regime="micro", data=cfg.data.name,
+    summary = RunSummary(status=Status.completed, step=step, change=cfg.step.change, regime="micro", data=cfg.data.name,
                          recipe=cfg.recipe.name, seed=seed, epochs=1, epochs_done=1, top1=top1, params=1, gmacs=0.001)
     (run / rundir.SUMMARY).write_text(json.dumps(summary.to_dict()))
     return run
