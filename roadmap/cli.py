@@ -15,13 +15,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, Iterator, List, NoReturn, Optional, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException
 
-from roadmap.config import CONF_DIR, ConfigError, available_steps, compose, compose_overrides, run_dir_of
+from roadmap.config import CONF_DIR, ConfigError, available_steps, compose, compose_overrides, expand_steps, run_dir_of
 from roadmap.errors import RoadmapError
 from roadmap.rundir import check_writable
 
@@ -75,15 +75,11 @@ class CommandLine:
 
 def read(argv: Sequence[str], example: str) -> CommandLine:
     """Parse a command line with Hydra's own parsers; ConfigError names what is wrong."""
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
 
     def refuse(message: str) -> NoReturn:
         raise ConfigError(f"{message}: give key=value overrides, e.g. {example}, and Hydra's flags (see --help)")
 
-    parser.error = refuse  # type: ignore[method-assign]
-    flags = parser.parse_args(list(argv))
+    flags = hydra_flags(argv, refuse)
     return CommandLine(flags, parse_overrides(flags.overrides, example))
 
 
@@ -120,33 +116,30 @@ def is_hydra(o: Override) -> bool:
 
 def step_names(step: Override) -> List[str]:
     """+step=all, +step=a,b, +step=glob(kernel_*) or +step=a -> the step names, checked."""
-    valid = available_steps()
     value = step.value()
     if isinstance(value, Glob):
-        names = value.filter(valid)
+        names = value.filter(available_steps())
     elif step.is_discrete_sweep():
         names = list(step.sweep_iterator())
     else:
         names = [value]
-    out: List[str] = []
-    for name in names:
-        if name == "all":
-            out.extend(valid)
-        elif isinstance(name, str) and name in valid:
-            out.append(name)
-        else:
-            raise ConfigError(f"unknown step '{name}': choose one of {', '.join(valid)}, or all")
+    out = expand_steps(names)
     if not out:
-        raise ConfigError(f"{line(step)} names no step: choose from {', '.join(valid)}, or all")
+        raise ConfigError(f"{line(step)} names no step: choose from {', '.join(available_steps())}, or all")
     return out
+
+
+def answer_help(argv: Sequence[str], usage: str) -> None:
+    """Entry points that are not Hydra apps: -h or --help prints the usage and exits 0."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage.strip())
+        sys.exit(0)
 
 
 def read_argv(usage: str, example: str, argv: Optional[Sequence[str]] = None) -> List[str]:
     """For entry points that are not Hydra apps (bench): --help, then key=value only."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(usage.strip())
-        sys.exit(0)
+    answer_help(argv, usage)
     bad = [a for a in argv if "=" not in a]
     if bad:
         with one_line_errors():
@@ -171,9 +164,7 @@ def one_line_errors() -> Iterator[None]:
 def run(main: Callable[[CommandLine], int], usage: str) -> None:
     """A plain entry point (no run directory, not a Hydra app): main(command line) -> exit code."""
     argv = sys.argv[1:]
-    if any(a in ("-h", "--help") for a in argv):
-        print(usage.strip())
-        sys.exit(0)
+    answer_help(argv, usage)
     with one_line_errors():
         code = main(read(argv, "regime=r50 or +step=all"))
     sys.exit(code)
@@ -225,15 +216,41 @@ def hydra_main(task_fn: Callable, task: str, argv: Optional[Sequence[str]] = Non
 
 def launch(task_fn: Callable, argv: Sequence[str], task: str) -> int:
     """Run Hydra on `argv` as the app `task`; the task function's exit code (0 in multirun)."""
-    import hydra
     from hydra.core.hydra_config import HydraConfig
 
     codes: List[int] = []
 
-    def _main(cfg) -> None:
+    def job(cfg) -> None:
         codes.append(task_fn(cfg, Path(HydraConfig.get().runtime.output_dir)) or 0)
 
-    _main.__module__ = f"roadmap.{task}"  # Hydra names the job (and --help its usage) after it
-    sys.argv = [sys.argv[0], *argv]
-    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_main)()
+    hydra_app(job, argv, task)
     return codes[-1] if codes else 0
+
+
+# ----------------------------------------------------------------------------- Hydra's private parts
+
+# Everything below leans on Hydra beyond its documented API, and nothing else in roadmap
+# does: checked against hydra-core 1.3.8 (pinned >=1.3,<1.4). tests/test_cli.py checks each
+# assumption on the installed release and fails naming the one a release broke.
+HYDRA_CHECKED = "1.3.8"
+
+
+def hydra_flags(argv: Sequence[str], refuse: Callable[[str], NoReturn]) -> argparse.Namespace:
+    """`argv` read by hydra.main's own argument parser (hydra._internal.utils.get_args_parser:
+    every flag Hydra takes, and the overrides); `refuse` gets argparse's message where it
+    would print the usage and exit."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.error = refuse  # type: ignore[method-assign]
+    return parser.parse_args(list(argv))
+
+
+def hydra_app(job: Callable[[Any], None], argv: Sequence[str], task: str) -> None:
+    """hydra.main on `argv` (it reads only sys.argv) as the app roadmap.<task> (it names the
+    job, and --help's usage, after the task function's module)."""
+    import hydra
+
+    job.__module__ = f"roadmap.{task}"
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(job)()

@@ -12,7 +12,7 @@ import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -269,18 +269,20 @@ def options(group: str) -> List[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def expand_steps(spec: str) -> List[str]:
-    """'all' or a comma-separated list of step names -> the list of steps, checked."""
+def expand_steps(spec: Union[str, Sequence[object]]) -> List[str]:
+    """'all', a comma-separated list of step names, or a list of names (each may be 'all',
+    as +step=all,gelu reads) -> the list of steps, checked."""
     valid = available_steps()
-    names: List[str] = []
-    for name in (s.strip() for s in spec.split(",")):
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    out: List[str] = []
+    for name in names:
         if name == "all":
-            names.extend(valid)
-        elif name in valid:
-            names.append(name)
+            out.extend(valid)
+        elif isinstance(name, str) and name in valid:
+            out.append(name)
         else:
             raise ConfigError(f"unknown step '{name}': choose one of {', '.join(valid)}, or all")
-    return names
+    return out
 
 
 def _check_group_choices(overrides: Sequence[str]) -> None:

@@ -84,3 +84,62 @@ def test_the_public_api():
 def test_help_explains_usage():
     out = inspect("--help")
     assert out.returncode == 0 and "+step=all" in out.stdout
+
+
+# ----------------------------------------------------------------------------- Hydra's private parts
+
+
+def test_hydra_is_the_release_its_private_parts_were_checked_against():
+    import hydra
+
+    from roadmap.cli import HYDRA_CHECKED
+
+    assert hydra.__version__.split(".")[:2] == HYDRA_CHECKED.split(".")[:2], (
+        f"hydra-core {hydra.__version__} is installed; roadmap.cli's private parts were checked against "
+        f"{HYDRA_CHECKED}: recheck them (tests below) and update HYDRA_CHECKED")
+
+
+def test_hydras_own_parser_takes_its_flags_and_the_overrides_and_refuses_through_us():
+    from roadmap.cli import SHOW_FLAGS, hydra_flags
+
+    def refuse(message):
+        raise ConfigError(message)
+
+    flags = hydra_flags(["--cfg", "job", "-p", "step", "+step=resnet", "seed=1"], refuse)
+    assert flags.cfg == "job" and flags.package == "step" and flags.overrides == ["+step=resnet", "seed=1"]
+    assert all(hasattr(flags, f) for f in SHOW_FLAGS)
+    with pytest.raises(ConfigError, match="unrecognized arguments: --no-such-flag"):
+        hydra_flags(["--no-such-flag"], refuse)
+
+
+def test_hydra_main_runs_the_job_on_the_given_command_line_named_after_the_task(tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    from roadmap.cli import hydra_app
+
+    seen = []
+
+    def job(cfg):
+        seen.append((cfg.seed, cfg.step.name, HydraConfig.get().job.name, HydraConfig.get().runtime.output_dir))
+
+    monkeypatch.setattr(sys, "argv", ["prog", "--this-is-not-read"])
+    hydra_app(job, ["+step=gelu", "seed=4", f"hydra.run.dir={tmp_path / 'run'}"], "train")
+    assert seen == [(4, "gelu", "train", str(tmp_path / "run"))]
+
+
+def test_no_module_but_the_cli_touches_hydras_private_parts_or_sys_argv():
+    import ast
+    from pathlib import Path
+
+    root = Path(roadmap.__file__).parent
+    offenders = []
+    for path in [*root.glob("*.py"), *(root.parent / "analysis").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        allowed = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and path.name == "cli.py"
+                   and f.name in ("hydra_flags", "hydra_app") for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            private = isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hydra._internal")
+            argv = isinstance(node, ast.Assign) and any(ast.unparse(t) == "sys.argv" for t in node.targets)
+            if (private or argv) and id(node) not in allowed:
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders
