@@ -247,7 +247,7 @@ def plot_study(study: Path, out: Optional[Path] = None) -> List[Path]:
     say_left_out(study, runs)
     hist = results.history(study, runs)
     design = results.design_of(runs)
-    for values, table in results.variants(results.step_table(runs)):
+    for values, table in results.split_by_swept(results.step_table(runs)):
         suffix = "".join(f"__{k}={v}" for k, v in values.items())
         curves = results.matching(hist, values)
         if design != "path":

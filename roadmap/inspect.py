@@ -20,6 +20,7 @@ from roadmap import paper
 from roadmap.cli import CommandLine, run
 from roadmap.complexity import complexity, map_steps
 from roadmap.config import ConfigError, compose, model_config
+from roadmap.tables import markdown_lines
 
 
 def step_rows(steps: List[str], overrides: List[str]) -> List[dict]:
@@ -55,20 +56,20 @@ def step_row(step: str, overrides: List[str]) -> dict:
 
 
 def render(rows: List[dict]) -> str:
-    res = rows[0]["resolution"]
+    """The rows as a table (aligned Markdown), the paper's columns where it has the regime."""
     with_paper = "paper_gflops" in rows[0]
-    w = max(len(r["change"]) for r in rows)
-    head = f"{'step':<22} {'what changes':<{w}} {'params(M)':>9} {'GMACs@' + str(res):>10}"
+    head = ["step", "what changes", "params (M)", f"GMACs @{rows[0]['resolution']}"]
     if with_paper:
-        head += f" {'GMACs@224/IN':>12} {'paper GFLOPs':>12} {'diff':>6} {'paper top-1':>11}"
-    lines = [f"regime {rows[0]['regime']}", head, "-" * len(head)]
+        head += ["GMACs @224, ImageNet", "paper GFLOPs", "diff", "paper top-1", "check"]
+    cells = []
     for r in rows:
-        line = f"{r['step']:<22} {r['change']:<{w}} {r['params_m']:>9.2f} {r['gmacs']:>10.4g}"
+        row = [r["step"], r["change"], f"{r['params_m']:.2f}", f"{r['gmacs']:.4g}"]
         if with_paper:
-            mark = "" if r["ok"] else ("  (explained below)" if r["explained"] else "  OUT OF TOLERANCE")
-            line += f" {r['imagenet_gmacs']:>12.2f} {r['paper_gflops']:>12.2f} {r['diff']:>+6.2f}"
-            line += f" {r['paper_top1']:>11.2f}{mark}"
-        lines.append(line)
+            mark = "ok" if r["ok"] else ("explained below" if r["explained"] else "OUT OF TOLERANCE")
+            row += [f"{r['imagenet_gmacs']:.2f}", f"{r['paper_gflops']:.2f}", f"{r['diff']:+.2f}",
+                    f"{r['paper_top1']:.2f}", mark]
+        cells.append(row)
+    lines = [f"regime {rows[0]['regime']}", "", *markdown_lines(head, cells, aligned=True)]
     if with_paper:
         ok = sum(r["ok"] for r in rows)
         lines.append(f"{ok} of {len(rows)} steps within {paper.GFLOPS_TOLERANCE} G of the paper.")

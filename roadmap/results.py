@@ -351,7 +351,7 @@ def end_to_end(runs: pd.DataFrame, first: str, last: str) -> Dict[int, float]:
     return {k: v - top1[(first, k)] for (s, k), v in top1.items() if s == last and (first, k) in top1}
 
 
-def variants(table: pd.DataFrame) -> List[Tuple[Dict[str, Any], pd.DataFrame]]:
+def split_by_swept(table: pd.DataFrame) -> List[Tuple[Dict[str, Any], pd.DataFrame]]:
     """The step table split by the values of the swept keys: [(values, rows)], one block
     per combination ([({}, table)] for a study that swept only steps and seeds)."""
     keys = swept_keys(table)
@@ -371,7 +371,7 @@ def markdown_table(table: pd.DataFrame, runs: Optional[pd.DataFrame] = None) -> 
     if table.empty:
         return "(no runs)"
     blocks = []
-    for values, rows in variants(table):
+    for values, rows in split_by_swept(table):
         head = [f"**{variant_name(values)}**", ""] if values else []
         block = runs if runs is None else matching(runs, values)
         blocks.append(

@@ -29,10 +29,21 @@ def test_inspect_counts_every_step_beside_table_11_for_r200():
 def test_inspect_takes_a_list_of_steps_and_overrides_and_prints_the_table():
     out = inspect("+step=wider,gelu", "model.kernel_size=5")
     assert out.returncode == 0, out.stderr
-    assert "regime micro" in out.stdout and "\nwider " in out.stdout and "\ngelu " in out.stdout
+    assert "regime micro" in out.stdout and "\n| wider " in out.stdout and "\n| gelu " in out.stdout
     assert "paper GFLOPs" not in out.stdout  # no paper columns for the micro regime
     rows = step_rows(["wider", "gelu"], ["model.kernel_size=5"])
     assert [r["regime"] for r in rows] == ["micro", "micro"] and "paper_gflops" not in rows[0]
+
+
+def test_a_table_for_the_terminal_is_the_file_table_padded_numbers_to_the_right():
+    from roadmap.tables import markdown_lines
+
+    head, rows = ["step", "top-1"], [["resnet", "88.68"], ["separate_downsampling", "-1.5"]]
+    plain, aligned = markdown_lines(head, rows), markdown_lines(head, rows, aligned=True)
+    assert plain[0] == "| step | top-1 |" and plain[2] == "| resnet | 88.68 |"
+    assert len({len(line) for line in aligned}) == 1
+    assert aligned[2] == "| resnet                | 88.68 |" and aligned[3].endswith("|  -1.5 |")
+    assert [[c.strip() for c in line.strip("|").split("|")] for line in aligned[2:]] == rows
 
 
 BAD = [

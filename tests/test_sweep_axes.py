@@ -74,7 +74,7 @@ def test_the_study_tables_carry_the_swept_key_as_a_column(study):
 def test_the_results_api_groups_the_step_table_by_the_swept_key(study):
     runs = R.load(study)
     assert R.swept_keys(runs) == ["recipe.lr"] and set(runs["study"]) == {"lr_study"}
-    blocks = R.variants(R.step_table(runs))
+    blocks = R.split_by_swept(R.step_table(runs))
     assert [values for values, _ in blocks] == [{"recipe.lr": 0.001}, {"recipe.lr": 0.002}]
     assert all(list(rows["step"]) == ["resnet", "gelu"] for _, rows in blocks)
     assert "recipe.lr" in R.history(study).columns
