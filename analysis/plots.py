@@ -32,7 +32,6 @@ import pandas as pd  # noqa: E402
 from analysis import design_figures  # noqa: E402
 from roadmap import paper, results  # noqa: E402
 from roadmap.config import SIDE_BRANCHES, STEPS  # noqa: E402
-from roadmap.rundir import Status  # noqa: E402
 
 # Figure 2's groups, in the paper's order.
 GROUPS = [
@@ -90,7 +89,7 @@ def figure2(table: pd.DataFrame, out: Path, suffix: str = "") -> List[Path]:
         for yi, v, e in zip(y, vals, t[err].fillna(0)):
             if pd.notna(v):
                 ax_.text(v + e + 0.08, yi, f"{v:.2f}", va="center", fontsize=7.5, color=ADOPTED)
-    for yi, g, side in zip(y, t["gmacs"], t["step"].isin(SIDE_BRANCHES)):
+    for yi, g in zip(y, t["gmacs"]):
         ax.text(ax.get_xlim()[1] - 0.05, yi, f"{g * 1e3:.2f} M" if g < 0.1 else f"{g:.2f} G", va="center", ha="right",
                 fontsize=7.5, color="#777777")
     labels = [f"{s}{'  (not adopted)' if s in SIDE_BRANCHES else ''}" for s in t["step"]]
@@ -193,8 +192,8 @@ def say_left_out(study: Path, runs) -> None:
     left_out = runs.drop(results.averaged(runs).index)
     damaged = left_out[left_out["left_out"].notna()]
     left_out = left_out[left_out["left_out"].isna()]
-    completed = left_out["status"] == Status.completed.value
-    unfinished, at_chance = left_out[~completed], left_out[completed]
+    done = results.completed(left_out)
+    unfinished, at_chance = left_out[~done], left_out[done]
     for rows, what in ((unfinished, "that did not complete"), (at_chance, "that ended at chance level"),
                        (damaged, "whose records cannot be averaged")):
         if len(rows):

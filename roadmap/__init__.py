@@ -19,20 +19,19 @@ its own (tests/test_house.py holds this map and checks it). Top down:
      0  errors, paper, stats, tables
 """
 
-from roadmap.config import STEPS, compose, expand_steps
-from roadmap.errors import ConfigError, DataError, ResultsError, RoadmapError, RunDirError, WeightImportError
 from roadmap.complexity import Complexity, complexity
-from roadmap.config import model_config
+from roadmap.config import STEPS, compose, expand_steps, model_config
+from roadmap.errors import ConfigError, DataError, ResultsError, RoadmapError, RunDirError, WeightImportError
 from roadmap.model import ConvNet, ModelConfig
+from roadmap.timm_models import register as register_timm
+from roadmap.timm_models import register_when_imported, timm_name
+from roadmap.weights import import_weights
 
 
 def build_model(cfg) -> ConvNet:
     """The network of a composed config (roadmap.compose), a RunConfig or a ModelConfig."""
     return ConvNet(model_config(cfg))
 
-
-from roadmap.weights import import_weights  # noqa: E402
-from roadmap.timm_models import register as register_timm, register_when_imported, timm_name  # noqa: E402
 
 # timm.create_model("roadmap_r50_gelu") works once timm is imported, before or after roadmap;
 # roadmap does not import timm itself (an optional extra: roadmap/timm_models.py says why).

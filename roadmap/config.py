@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from roadmap.data import DataConfig
-from roadmap.errors import Choice, HALF_OPEN, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, check_ranges
+from roadmap.errors import HALF_OPEN, NON_NEGATIVE_INT, POSITIVE_INT, Choice, ConfigError, check_ranges
 from roadmap.factors import check_names
 from roadmap.machine import Device
 from roadmap.model import ModelConfig

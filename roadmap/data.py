@@ -21,11 +21,11 @@ import torch.nn.functional as F
 
 from roadmap.augment import BatchAugment
 from roadmap.errors import (
-    Choice,
     FINITE,
     NON_NEGATIVE_INT,
     POSITIVE,
     POSITIVE_INT,
+    Choice,
     ConfigError,
     DataError,
     check_ranges,

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from roadmap.errors import Choice, HALF_OPEN, NON_NEGATIVE, POSITIVE_INT, ConfigError, check_ranges
+from roadmap.errors import HALF_OPEN, NON_NEGATIVE, POSITIVE_INT, Choice, ConfigError, check_ranges
 
 KERNEL_SIZES = (3, 5, 7, 9, 11)
 

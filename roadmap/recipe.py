@@ -17,19 +17,19 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from roadmap.randaugment import Policy
 from roadmap.errors import (
-    Choice,
     FRACTION,
     HALF_OPEN,
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
     POSITIVE,
     POSITIVE_INT,
+    Choice,
     ConfigError,
     Range,
     check_ranges,
 )
+from roadmap.randaugment import Policy
 
 
 class Optimizer(Choice):

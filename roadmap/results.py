@@ -28,10 +28,10 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from roadmap import factors, paper, rundir, stats
+from roadmap.config import PARENTS, SIDE_BRANCHES, STEPS, step_order
 from roadmap.errors import ResultsError
 from roadmap.rundir import RunSummary, Status
 from roadmap.tables import markdown_lines
-from roadmap.config import PARENTS, SIDE_BRANCHES, STEPS, step_order
 
 PathLike = Union[str, Path]
 
@@ -224,10 +224,15 @@ def foreign(df: pd.DataFrame) -> pd.Series:
     return out
 
 
+def completed(runs: pd.DataFrame) -> pd.Series:
+    """Per run, whether it trained every epoch (collapsed and damaged runs included)."""
+    return runs["status"] == Status.completed.value
+
+
 def averaged(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs that count: completed, not collapsed, and nothing in `left_out`."""
     kept = runs["left_out"].isna() if "left_out" in runs else True
-    return runs[(runs["status"] == Status.completed.value) & ~runs["collapsed"].fillna(False).astype(bool) & kept]
+    return runs[completed(runs) & ~runs["collapsed"].fillna(False).astype(bool) & kept]
 
 
 def run_outcomes(runs: pd.DataFrame) -> pd.Series:

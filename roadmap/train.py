@@ -31,8 +31,17 @@ from roadmap.data import Data
 from roadmap.engine import Diverged, TrainState, build_state, evaluate, train_one_epoch
 from roadmap.errors import ConfigError, RoadmapError
 from roadmap.loggers import LOGGERS, NoLogger
-from roadmap.machine import Machine, code_version, in_sync, is_main_process, library_versions, peak_memory_mb, setup
-from roadmap.machine import export_srun_environment, shutdown_distributed
+from roadmap.machine import (
+    Machine,
+    code_version,
+    export_srun_environment,
+    in_sync,
+    is_main_process,
+    library_versions,
+    peak_memory_mb,
+    setup,
+    shutdown_distributed,
+)
 from roadmap.rundir import EpochRecord, RunSummary, Status
 
 # ----------------------------------------------------------------------------- the run, phase by phase

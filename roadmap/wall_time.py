@@ -24,7 +24,8 @@ from roadmap.config import compose, validate
 from roadmap.engine import optimizer_step, state_for
 from roadmap.machine import Machine, keep_freed_memory
 from roadmap.model import ConvNet
-from roadmap.schedule import cores as core_count, costliest_first, makespan
+from roadmap.schedule import cores as core_count
+from roadmap.schedule import costliest_first, makespan
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # Fashion-MNIST
 TEST_BATCH = 1024  # images per timed test step

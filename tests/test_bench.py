@@ -7,10 +7,10 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import one_line_error
 from roadmap import bench, bench_report, references
 from roadmap.config import model_config
 from roadmap.model import ModelConfig
+from tests.conftest import one_line_error
 
 
 def test_the_references_at_both_ends_are_the_same_networks_as_ours():

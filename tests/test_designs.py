@@ -12,16 +12,15 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats as scipy_stats
 
-from analysis.design_figures import bar_table
 import roadmap
 import roadmap.results as R
-from roadmap import factors
-from roadmap import stats
+from analysis.design_figures import bar_table
+from roadmap import factors, stats
 from roadmap.cli import read
+from roadmap.complexity import complexity
 from roadmap.config import SIDE_BRANCHES, STEPS, DesignConfig, compose_overrides
 from roadmap.designs import expand
 from roadmap.errors import ConfigError
-from roadmap.complexity import complexity
 from roadmap.sweep import plan, skipped_lines
 from tests.conftest import one_line_error, set_top1
 

@@ -105,7 +105,7 @@ def test_help_shows_the_usage_then_hydras_listing_of_config_groups(module):
     out = app(module, "--help")
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert text.startswith(getattr(__import__(f"roadmap.{module}", fromlist=["x"]), "__doc__").strip().splitlines()[0])
+    assert text.startswith(__import__(f"roadmap.{module}", fromlist=["x"]).__doc__.strip().splitlines()[0])
     groups = text.split("== Configuration groups ==")[1].split("== Config ==")[0]
     listed = {ln.split(":")[0]: ln.split(": ")[1].split(", ") for ln in groups.splitlines() if ": " in ln}
     assert listed["regime"] == ["micro", "r200", "r50"]

@@ -16,7 +16,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from tests.conftest import image_folder
 import roadmap
 from roadmap import augment, bench, machine, rundir
 from roadmap.augment import BatchAugment
@@ -24,6 +23,7 @@ from roadmap.config import validate
 from roadmap.data import folder_datasets
 from roadmap.engine import epoch_streams
 from roadmap.errors import ConfigError
+from tests.conftest import image_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 

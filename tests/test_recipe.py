@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from tests.conftest import image_folder
 import roadmap
 from roadmap.config import validate
 from roadmap.model import ConvNet, ModelConfig
 from roadmap.recipe import build_optimizer, build_scheduler
+from tests.conftest import image_folder
 
 
 def recipe(step, *overrides):
@@ -138,7 +138,7 @@ def test_ema_evaluates_as_a_hand_averaged_copy_of_weights_and_buffers():
         opt.step()
         opt.zero_grad()
         ema.update_parameters(model)
-        for (name, mine), current in zip(hand.state_dict().items(), model.state_dict().values()):
+        for mine, current in zip(hand.state_dict().values(), model.state_dict().values()):
             if step == 0:  # the first update copies, as timm's ModelEma starts from the model
                 mine.copy_(current)
             else:
