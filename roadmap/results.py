@@ -104,8 +104,7 @@ def _flat_config(run: Path) -> Dict[str, Any]:
         return {}
     if not isinstance(container, dict):
         return {}
-    flat = pd.json_normalize(container, sep=".")
-    out = {f"cfg.{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in flat.iloc[0].to_dict().items()}
+    out = {f"cfg.{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in rundir.flat_config(container).items()}
     try:
         out.update({f"factor.{k}": v for k, v in factors.levels_of(container).items()})
     except (KeyError, TypeError):  # a config from before the factor table's fields

@@ -295,14 +295,19 @@ def remove_if_unused(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
-def _flatten(d: Dict, prefix: str = "") -> Dict[str, Any]:
-    out = {}
+def flat_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A config's leaves by dotted key ('recipe.lr'): the top level's own values first, then
+    each group's, in the file's order (the order pandas.json_normalize gives, and so the
+    columns of results.csv). A list is one leaf."""
+    top = {k: v for k, v in config.items() if not isinstance(v, dict)}
+    return {**top, **{key: v for group in config if isinstance(config[group], dict)
+                      for key, v in _leaves(config[group], f"{group}.").items()}}
+
+
+def _leaves(d: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
@@ -310,7 +315,7 @@ def run_identity(config: Dict[str, Any]) -> Dict[str, Any]:
     """What a checkpoint belongs to: the step, the seed and twelve hex digits that change
     with every key deciding the run's numbers (NEUTRAL_KEYS left out, as in
     config_differences), from the config as config.yaml holds it (identity_of gives that)."""
-    flat = _flatten(config)
+    flat = flat_config(config)
     kept = sorted((k, v) for k, v in flat.items() if not k.startswith(NEUTRAL_KEYS))
     digest = hashlib.sha256(json.dumps(kept, default=str).encode()).hexdigest()[:12]
     return {"step": str((config.get("step") or {}).get("name")), "seed": config.get("seed"), "config": digest}
@@ -336,7 +341,7 @@ def identity_mismatch(saved: Optional[Dict[str, Any]], wanted: Dict[str, Any]) -
 
 def config_differences(saved: Dict, wanted: Dict) -> List[str]:
     """Keys whose values differ, as 'key: saved -> wanted', ignoring NEUTRAL_KEYS."""
-    a, b = _flatten(saved), _flatten(wanted)
+    a, b = flat_config(saved), flat_config(wanted)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key.startswith(NEUTRAL_KEYS):
