@@ -172,11 +172,14 @@ class RunSummary:
     error: Optional[str] = None
     """A failed run: the exception, one line (the traceback is in error.txt)."""
 
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # "completed" reads as Status.completed; ValueError for no status of ours
+
     @classmethod
     def from_dict(cls, record: Dict[str, Any]) -> "RunSummary":
         """ValueError for a status that is none of Status's."""
         known = _known(cls, record)
-        return cls(**{**known, "status": Status(known.get("status"))})
+        return cls(**{**known, "status": known.get("status")})
 
     def to_dict(self) -> Dict[str, Any]:
         return {**dataclasses.asdict(self), "status": self.status.value}
