@@ -179,7 +179,8 @@ class RunSummary:
     def from_dict(cls, record: Dict[str, Any]) -> "RunSummary":
         """ValueError for a status that is none of Status's."""
         known = _known(cls, record)
-        return cls(**{**known, "status": known.get("status")})
+        known.setdefault("status", None)  # none recorded: refused by Status, as an unknown one is
+        return cls(**known)
 
     def to_dict(self) -> Dict[str, Any]:
         return {**dataclasses.asdict(self), "status": self.status.value}
