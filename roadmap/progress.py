@@ -105,7 +105,7 @@ class Display:
     def follow(self, w: Watched) -> None:
         """Say the run's new epochs and its end; keep its bar while it trains in this sweep."""
         summary, status = rundir.summary_and_status(w.run_dir)
-        if summary is None or (summary.status is Status.running and self.stale(w)):
+        if summary is None or (status is Status.running and self.stale(w)):
             return  # not started, or left running by an earlier session and not resumed yet
         records = rundir.read_metrics(w.run_dir)
         for record in records[w.said:]:

@@ -332,7 +332,7 @@ def check_run_dirs(p: Plan) -> None:
             if path.exists() and not path.is_dir():
                 raise ConfigError(f"{path} is a file where the run {step} seed{seed} needs a directory: "
                                   "move it away, or choose another hydra.sweep.dir")
-            if path == p.sweep_dir or (path.exists() and path.is_dir()):
+            if path == p.sweep_dir or path.is_dir():
                 break
 
 
@@ -469,7 +469,7 @@ def finish(p: Plan, interrupted: bool) -> int:
     print(text)
     print(f"results: {p.sweep_dir / 'results.csv'}, table: {p.sweep_dir / 'table.md'}")
     if interrupted:
-        how = "terminated (SIGTERM)" if bool(TERMINATED) else "interrupted"
+        how = "terminated (SIGTERM)" if TERMINATED else "interrupted"
         print(f"{how}: the sweep stopped; run the same command again to resume (finished runs are kept)",
               file=sys.stderr)
         return stopped_code()
@@ -513,7 +513,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 def stopped_code() -> int:
     """130 after Ctrl-C, 143 after SIGTERM (the shell's 128 + the signal)."""
-    return 128 + (signal.SIGTERM if bool(TERMINATED) else signal.SIGINT)
+    return 128 + (signal.SIGTERM if TERMINATED else signal.SIGINT)
 
 
 def sweep(argv: List[str]) -> None:

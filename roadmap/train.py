@@ -237,6 +237,8 @@ def run_one(cfg: DictConfig, run_dir: Path, stop_on_interrupt: bool = False) -> 
         return 130
     except Exception as e:  # a crash inside training, or a full disk
         if say:
+            if not out_of_room(e):
+                record_failure(run_dir, e)  # a crash: error.txt and status `failed`
             print(failure(run_dir, e), file=sys.stderr)
         return 1
     failed = summary.status is Status.diverged and not already
@@ -260,13 +262,17 @@ def outcome(summary: RunSummary, run_dir: Path, already: bool) -> str:
     )
 
 
+def out_of_room(e: Exception) -> bool:
+    """Whether `e` is a disk that cannot take the run's files (not a crash: the run resumes once there is room)."""
+    return isinstance(e, OSError) and e.errno in DISK_ERRORS
+
+
 def failure(run_dir: Path, e: Exception) -> str:
-    """The line a failed run ends with. A crash is recorded (error.txt, status `failed`); a
-    disk that cannot take the run's files is only said: the run resumes once there is room."""
-    if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+    """The line a failed run ends with: a crash names its traceback (error.txt, written by
+    record_failure); a disk without room says how to resume."""
+    if out_of_room(e):
         return (f"error: cannot write into {run_dir} ({e.strerror}): free space there, then run the same command "
                 "again to resume from its last epoch")
-    record_failure(run_dir, e)
     return (f"error: the run failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             f"traceback in {Path(run_dir) / rundir.ERROR}")
 
