@@ -20,7 +20,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import matplotlib
 import matplotlib.ticker
@@ -67,8 +67,8 @@ def complete_seeds(runs: pd.DataFrame) -> List[int]:
 
 
 def read_rung(study: Path) -> Optional[dict]:
-    """One rung: its runs restricted to its complete seeds, and what was left out; None
-    (with a line saying why) when no seed is complete."""
+    """One rung: its runs restricted to its complete seeds, and what was left out; when no
+    seed is complete, only why it is not scored ("skipped"); None when it has no runs."""
     runs = results.load(study)
     if runs.empty:
         print(f"{study}: skipped, no runs", file=sys.stderr)
@@ -82,13 +82,30 @@ def read_rung(study: Path) -> Optional[dict]:
     seeds = complete_seeds(runs)
     left = runs[~runs["seed"].isin(seeds)]
     if not seeds:
-        print(f"{study}: skipped, no seed on which all {len(STEPS)} steps of the path completed ({len(left)} runs "
-              "left out)", file=sys.stderr)
-        return None
+        why = not_scored(left)
+        print(f"{study}: skipped, {why}", file=sys.stderr)
+        return {"study": study, "skipped": why}
     if len(left):
         print(f"{study}: partial, seeds {', '.join(map(str, seeds))} only ({len(left)} runs of other seeds left out: "
               f"{', '.join(sorted(set(results.run_outcomes(left))))})", file=sys.stderr)
     return {"study": study, "runs": runs[runs["seed"].isin(seeds)], "partial": bool(len(left)), "left_out": len(left)}
+
+
+def not_scored(runs: pd.DataFrame) -> str:
+    """Why a rung is left out of the table: what it has so far."""
+    per_seed = ", ".join(f"{len(g)} of seed {int(k)}" for k, g in runs.groupby("seed"))
+    return f"no seed on which all {len(STEPS)} steps of the path completed ({len(runs)} runs so far: {per_seed})"
+
+
+def read_ladder(studies: Sequence[Path]) -> Tuple[List[dict], List[dict]]:
+    """The rungs that can be scored, and those that cannot yet (each with why); ResultsError
+    when none can be scored or they differ in regime."""
+    found = [r for r in map(read_rung, studies) if r is not None]
+    read, skipped = [r for r in found if "skipped" not in r], [r for r in found if "skipped" in r]
+    if not read:
+        raise results.ResultsError("no rung has a seed on which every step completed: nothing to draw")
+    check_alike(read)
+    return read, skipped
 
 
 def check_alike(read: List[dict]) -> None:
@@ -164,8 +181,9 @@ def _cell(v: float, lo: float, hi: float, spec: str = "+.2f") -> str:
     return format(v, spec) + (f" [{lo:{spec}}, {hi:{spec}}]" if pd.notna(lo) and pd.notna(hi) else "")
 
 
-def ladder_markdown(frame: pd.DataFrame) -> str:
-    """The ladder table: per rung, its cost and how its changes transfer, with the footnote."""
+def ladder_markdown(frame: pd.DataFrame, skipped: Sequence[dict] = ()) -> str:
+    """The ladder table: per rung, its cost and how its changes transfer, with the footnote,
+    and the rungs not scored yet, each with what it has so far."""
     gain = frame["paper_gain"].dropna() if "paper_gain" in frame else pd.Series(dtype=float)
     head = ["rung", "knobs", "cost (x default)", "CPU-min per seed", "seeds", "clear steps with the paper's sign (p)",
             "Spearman (clear)", "Kendall (clear)", "slope",
@@ -184,7 +202,8 @@ def ladder_markdown(frame: pd.DataFrame) -> str:
                       "t-interval over the clear steps, ConvNeXt - ResNet a t-interval over paired seeds (none with "
                       "one seed). Cost: training compute per seed (forward GMACs x epochs over the 17 steps) against "
                       "the default's; CPU-minutes on the machine that ran the rung (empty where runs did not record "
-                      "their threads)."])
+                      "their threads).",
+                      *(f"\nNot scored yet: {rung_name(r['study'])}: {r['skipped']}." for r in skipped)])
 
 
 PANELS = (
@@ -223,9 +242,9 @@ def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
     return save(fig, out, "ladder")
 
 
-def write_ladder(frame: pd.DataFrame, out: Path) -> List[Path]:
+def write_ladder(frame: pd.DataFrame, skipped: Sequence[dict], out: Path) -> List[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ladder.md").write_text(ladder_markdown(frame) + "\n")
+    (out / "ladder.md").write_text(ladder_markdown(frame, skipped) + "\n")
     frame.to_csv(out / "ladder.csv", index=False)
     return [out / "ladder.md", out / "ladder.csv", *ladder_figure(frame, out)]
 
@@ -238,16 +257,13 @@ def main(argv: Sequence[str]) -> None:
                         "figures)")
     args = parser.parse_args(argv)
     try:
-        read = [r for r in (read_rung(s) for s in rungs(args.studies)) if r is not None]
-        if not read:
-            raise results.ResultsError("no rung has a seed on which every step completed: nothing to draw")
-        check_alike(read)
+        read, skipped = read_ladder(rungs(args.studies))
         frame = table(read)
-        written = write_ladder(frame, args.out)
+        written = write_ladder(frame, skipped, args.out)
     except (results.ResultsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(ladder_markdown(frame))
+    print(ladder_markdown(frame, skipped))
     print("ladder: " + ", ".join(str(p) for p in written))
 
 

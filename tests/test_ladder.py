@@ -103,6 +103,18 @@ def test_a_study_of_other_steps_or_a_missing_path_is_refused_in_one_line(tmp_pat
     one_line_error(ladder(a, tmp_path / "nowhere", "--out", tmp_path / "f"), "nowhere", "is not a directory")
 
 
+def test_a_rung_with_no_complete_seed_is_named_in_the_table_not_scored(tmp_path):
+    default = rung(tmp_path, "fashion_mnist_micro", like_the_paper, seeds=(0,))
+    started = rung(tmp_path, "fashion_mnist_micro_64px", like_the_paper, seeds=(0, 1))
+    for step in STEPS[6:]:
+        shutil.rmtree(started / step)  # seed-major and stopped part-way: 6 steps of each seed so far
+    out = ladder(default, started, "--out", tmp_path / "f")
+    assert out.returncode == 0, out.stderr
+    assert list(pd.read_csv(tmp_path / "f" / "ladder.csv")["rung"]) == ["default"]
+    assert "Not scored yet: 64px: no seed on which all 17 steps of the path completed (12 runs so far: 6 of seed 0, " \
+           "6 of seed 1)." in (tmp_path / "f" / "ladder.md").read_text()
+
+
 def test_a_rung_with_no_complete_seed_is_skipped_and_nothing_to_draw_exits_2(tmp_path):
     a = rung(tmp_path, "fashion_mnist_micro", like_the_paper, seeds=(0,))
     shutil.rmtree(a / "gelu")
