@@ -216,24 +216,31 @@ PANELS = (
 def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
     """Transfer against cost, one point per rung: the default a star, partial rungs hollow."""
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.4))
+    # Rungs of one cost (the default and its retrain) stand side by side, not on each other.
+    cost = frame["cost_x_default"].round(3)
+    same, siblings = frame.groupby(cost).cumcount(), frame.groupby(cost)["rung"].transform("size")
+    x = frame["cost_x_default"] * 1.08 ** same
+    left = (same == 0) & (siblings > 1)  # the first of a pair is labelled on its left
     for ax, (key, label, ideal) in zip(axes, PANELS):
-        for _, r in frame.iterrows():
+        for i, r in frame.iterrows():
             v = r.get(key, math.nan)
             if not pd.notna(v):
                 continue
             lo, hi = r.get(f"{key}_lo", math.nan), r.get(f"{key}_hi", math.nan)
             err = [[v - lo], [hi - v]] if pd.notna(lo) and pd.notna(hi) else None
             default = r["rung"] == "default"
-            ax.errorbar(r["cost_x_default"], v, yerr=err, fmt="*" if default else "o", ms=13 if default else 7,
+            ax.errorbar(x[i], v, yerr=err, fmt="*" if default else "o", ms=13 if default else 7,
                         color="#d62728" if default else "#1f77b4", mfc="white" if r["partial"] else None, capsize=3)
             seeds = f"{r['seeds']} seed{'s' if r['seeds'] > 1 else ''}{', partial' if r['partial'] else ''}"
-            ax.annotate(f"{r['rung']} ({seeds})", (r["cost_x_default"], v),
-                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.annotate(f"{r['rung']} ({seeds})", (x[i], v), textcoords="offset points",
+                        xytext=(-8 if left[i] else 6, 4), ha="right" if left[i] else "left", fontsize=8)
         ax.axhline(0, color="#999999", lw=0.8)
         if ideal is not None:
             ax.axhline(ideal, color="#999999", lw=0.8, ls="--")
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
+        ax.margins(x=0.2)
+        ax.set_xticks(sorted(set(frame["cost_x_default"].round(3))))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}x"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("cost per seed (training compute, x the default study)")
         ax.set_title(label, fontsize=10)
