@@ -164,6 +164,8 @@ def table(read: List[dict]) -> pd.DataFrame:
     frame = pd.DataFrame([rung_row(r) for r in read])
     base = frame.loc[frame["rung"] == "default", "compute"]
     frame["cost_x_default"] = frame["compute"] / base.iloc[0] if len(base) else math.nan
+    default = frame[frame["rung"] == "default"]
+    frame["better"] = [better_than(r, default.iloc[0]) if len(default) else math.nan for _, r in frame.iterrows()]
     return frame
 
 
@@ -173,6 +175,31 @@ def better_than(r: pd.Series, default: pd.Series) -> bool:
     more_signs = r.get("clear_agree", math.nan) >= default.get("clear_agree", math.nan) + 2
     above = r.get("kendall_lo", math.nan) > default.get("kendall_hi", math.nan)
     return bool(more_signs or above)
+
+
+MAX_COST = 1.5
+"""Issue 19: a rung may replace the default study only if it costs at most this many times as much."""
+
+
+def successor(frame: pd.DataFrame) -> str:
+    """Issue 19's decision in one sentence: the rungs that would replace the default study
+    (another setting, measured on as many seeds, measurably better and at most MAX_COST its
+    cost), or why none does."""
+    if not (frame["rung"] == "default").any():
+        return "No default study among the rungs: no decision about it."
+    default = frame[frame["rung"] == "default"].iloc[0]
+    moved = frame[(frame["rung"] != "default") & (frame["knobs"] != default["knobs"])]
+    few = moved["partial"].astype(bool) | (moved["seeds"] < default["seeds"])
+    moved, few = moved[~few], moved.loc[few, "rung"]
+    cheap, better = moved["cost_x_default"] <= MAX_COST + 1e-9, moved["better"].astype(bool)
+    rule = (f"costs at most {MAX_COST:g}x the default's and transfers measurably better (at least two more clear "
+            "steps with the paper's sign, or a Kendall interval wholly above the default's)")
+    if (cheap & better).any():
+        return f"The default study should become {', '.join(moved.loc[cheap & better, 'rung'])}: it {rule}."
+    why = [f"measurably better but dearer: {', '.join(moved.loc[better, 'rung'])}" if better.any() else "",
+           f"within the cost but not better: {', '.join(moved.loc[cheap, 'rung'])}" if cheap.any() else "",
+           f"fewer seeds than the default, not decided: {', '.join(few)}" if len(few) else ""]
+    return f"The default stays: no rung {rule}{''.join(f'; {w}' for w in why if w)}."
 
 
 def _cell(v: float, lo: float, hi: float, spec: str = "+.2f") -> str:
@@ -202,7 +229,7 @@ def ladder_markdown(frame: pd.DataFrame, skipped: Sequence[dict] = ()) -> str:
                       "t-interval over the clear steps, ConvNeXt - ResNet a t-interval over paired seeds (none with "
                       "one seed). Cost: training compute per seed (forward GMACs x epochs over the 17 steps) against "
                       "the default's; CPU-minutes on the machine that ran the rung (empty where runs did not record "
-                      "their threads).",
+                      "their threads).", "", successor(frame),
                       *(f"\nNot scored yet: {rung_name(r['study'])}: {r['skipped']}." for r in skipped)])
 
 

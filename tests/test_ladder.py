@@ -84,6 +84,22 @@ def test_the_ladder_table_and_figure_of_three_rungs(tmp_path):
     assert not frame.loc["epochs10", "partial"] and frame.loc["epochs10", "gain"] == pytest.approx(5.84)
     assert (tmp_path / "figures" / "ladder.png").stat().st_size > 10_000
     assert "partial" in out.stderr and "epochs1" in out.stderr
+    assert frame.loc["epochs10", "better"] and not frame.loc["default", "better"]
+    decision = (tmp_path / "figures" / "ladder.md").read_text()
+    assert "The default stays" in decision and "measurably better but dearer: epochs10" in decision
+    assert "fewer seeds than the default, not decided: epochs1" in decision
+
+
+def test_a_cheap_rung_that_transfers_measurably_better_becomes_the_default(tmp_path):
+    from analysis import ladder as L
+
+    default = rung(tmp_path, "fashion_mnist_micro", lambda s, k: 80 + 0.3 * k - 0.1 * STEPS.index(s), seeds=(0, 1))
+    cheap = rung(tmp_path, "fashion_mnist_micro_epochs1", like_the_paper, epochs=1, seeds=(0, 1))
+    again = rung(tmp_path, "fashion_mnist_micro_retrain", like_the_paper, seeds=(0, 1))  # the default's setting
+    frame = L.table(L.read_ladder([default, cheap, again])[0])
+    assert list(frame["better"]) == [False, True, True]
+    assert L.successor(frame).startswith("The default study should become epochs1: it costs at most 1.5x")
+    assert L.successor(frame[frame["rung"] != "epochs1"]).startswith("The default stays")  # a retrain is no successor
 
 
 def test_a_ladder_of_studies_of_different_regimes_is_refused(tmp_path):
