@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -92,18 +93,24 @@ def read_rung(study: Path) -> Optional[dict]:
 
 
 def not_scored(runs: pd.DataFrame) -> str:
-    """Why a rung is left out of the table: what it has so far."""
+    """Why a rung is left out of the table: what it has so far, per seed and by outcome."""
     per_seed = ", ".join(f"{len(g)} of seed {int(k)}" for k, g in runs.groupby("seed"))
-    return f"no seed on which all {len(STEPS)} steps of the path completed ({len(runs)} runs so far: {per_seed})"
+    outcomes = ", ".join(f"{n} {o}" for o, n in results.run_outcomes(runs).value_counts().sort_index().items())
+    return (f"no seed on which all {len(STEPS)} steps of the path completed ({len(runs)} runs so far: {per_seed}; "
+            f"{outcomes})")
 
 
 def read_ladder(studies: Sequence[Path]) -> Tuple[List[dict], List[dict]]:
     """The rungs that can be scored, and those that cannot yet (each with why); ResultsError
-    when none can be scored or they differ in regime."""
+    when none can be scored, the default is not among them, or they differ in regime."""
     found = [r for r in map(read_rung, studies) if r is not None]
     read, skipped = [r for r in found if "skipped" not in r], [r for r in found if "skipped" in r]
     if not read:
         raise results.ResultsError("no rung has a seed on which every step completed: nothing to draw")
+    if not any(rung_name(r["study"]) == "default" for r in read):
+        raise results.ResultsError(f"no default study among the scored rungs: name a {DEFAULT.name} directory with a "
+                                   f"complete seed (e.g. experiments/{DEFAULT.name}); costs and the decision are "
+                                   "measured against it")
     check_alike(read)
     return read, skipped
 
@@ -128,7 +135,7 @@ def cost(runs: pd.DataFrame) -> dict:
     and CPU-minutes on the machine that ran it (wall time x threads; nan where a run did not
     record its threads)."""
     seeds = runs["seed"].nunique()
-    compute = float((runs["gmacs"] * runs["epochs"]).sum()) / seeds
+    compute = float((runs["gmacs"] * runs["epochs"]).sum(min_count=len(runs))) / seeds  # nan if a run lacks it
     threads = pd.to_numeric(runs["threads"], errors="coerce").fillna(runs["cfg.train.threads"]).replace(0, math.nan)
     cpu = float((runs["wall_time_s"] * threads).sum(min_count=len(runs)) / 60 / seeds)
     return {"compute": compute, "cpu_minutes": cpu}
@@ -160,12 +167,12 @@ def rung_name(study: Path) -> str:
 
 
 def table(read: List[dict]) -> pd.DataFrame:
-    """One row per rung, in the order given; cost relative to the default where it is a rung."""
+    """One row per rung, in the order given: cost relative to the default's, and whether it
+    transfers measurably better than the default."""
     frame = pd.DataFrame([rung_row(r) for r in read])
-    base = frame.loc[frame["rung"] == "default", "compute"]
-    frame["cost_x_default"] = frame["compute"] / base.iloc[0] if len(base) else math.nan
-    default = frame[frame["rung"] == "default"]
-    frame["better"] = [better_than(r, default.iloc[0]) if len(default) else math.nan for _, r in frame.iterrows()]
+    default = frame[frame["rung"] == "default"].iloc[0]  # read_ladder made sure it is there
+    frame["cost_x_default"] = frame["compute"] / default["compute"]
+    frame["better"] = [better_than(r, default) for _, r in frame.iterrows()]
     return frame
 
 
@@ -179,27 +186,48 @@ def better_than(r: pd.Series, default: pd.Series) -> bool:
 
 MAX_COST = 1.5
 """Issue 19: a rung may replace the default study only if it costs at most this many times as much."""
+NOISE_FLOOR = "retrain"
+"""Rungs named so (fashion_mnist_micro_retrain...) train the default's own setting again: they
+measure how far a retrain moves the score, and are never candidates to replace it."""
+RULE = (f"costs at most {MAX_COST:g}x the default's, is measured on as many seeds, and transfers measurably better "
+        "(at least two more clear steps with the paper's sign, or a Kendall interval wholly above the default's)")
 
 
-def successor(frame: pd.DataFrame) -> str:
-    """Issue 19's decision in one sentence: the rungs that would replace the default study
-    (another setting, measured on as many seeds, measurably better and at most MAX_COST its
-    cost), or why none does."""
-    if not (frame["rung"] == "default").any():
-        return "No default study among the rungs: no decision about it."
+@dataclass
+class Decision:
+    """Issue 19's decision about the default study, rung names in each group."""
+
+    successors: List[str]  # within the cost, as many seeds, measurably better: the default should become one
+    not_better: List[str]  # within the cost, as many seeds, not measurably better
+    undecided: List[str]  # within the cost (or of unknown cost), but partial or on fewer seeds: not decided yet
+    dearer: List[str]  # over MAX_COST: not candidates, whatever they show
+    noise_floor: List[str]  # the default's own setting trained again
+
+    def sentence(self) -> str:
+        if self.successors:
+            return f"The default study should become {', '.join(self.successors)}: it {RULE}."
+        groups = (("not better", self.not_better), ("within the cost but not decided yet (partial or fewer "
+                  "seeds)", self.undecided), (f"dearer than {MAX_COST:g}x, so not candidates whatever they show",
+                  self.dearer), ("the default's setting again (the noise floor)", self.noise_floor))
+        return f"The default stays: no rung {RULE}" + "".join(f"; {w}: {', '.join(r)}" for w, r in groups if r) + "."
+
+
+def decide(frame: pd.DataFrame) -> Decision:
+    """Sort the rungs other than the default by issue 19's rule (see Decision)."""
     default = frame[frame["rung"] == "default"].iloc[0]
-    moved = frame[(frame["rung"] != "default") & (frame["knobs"] != default["knobs"])]
-    few = moved["partial"].astype(bool) | (moved["seeds"] < default["seeds"])
-    moved, few = moved[~few], moved.loc[few, "rung"]
-    cheap, better = moved["cost_x_default"] <= MAX_COST + 1e-9, moved["better"].astype(bool)
-    rule = (f"costs at most {MAX_COST:g}x the default's and transfers measurably better (at least two more clear "
-            "steps with the paper's sign, or a Kendall interval wholly above the default's)")
-    if (cheap & better).any():
-        return f"The default study should become {', '.join(moved.loc[cheap & better, 'rung'])}: it {rule}."
-    why = [f"measurably better but dearer: {', '.join(moved.loc[better, 'rung'])}" if better.any() else "",
-           f"within the cost but not better: {', '.join(moved.loc[cheap, 'rung'])}" if cheap.any() else "",
-           f"fewer seeds than the default, not decided: {', '.join(few)}" if len(few) else ""]
-    return f"The default stays: no rung {rule}{''.join(f'; {w}' for w in why if w)}."
+    others = frame[frame["rung"] != "default"]
+    floor = others["rung"].str.startswith(NOISE_FLOOR)
+    dearer = ~floor & (others["cost_x_default"] > MAX_COST + 1e-9)
+    decided = ~others["partial"].astype(bool) & (others["seeds"] >= default["seeds"])
+    within = ~floor & ~dearer & others["cost_x_default"].notna()
+    better = others["better"].astype(bool)
+
+    def names(mask: pd.Series) -> List[str]:
+        return list(others.loc[mask, "rung"])
+
+    return Decision(successors=names(within & decided & better), not_better=names(within & decided & ~better),
+                    undecided=names(~floor & ~dearer & ~(within & decided)), dearer=names(dearer),
+                    noise_floor=names(floor))
 
 
 def _cell(v: float, lo: float, hi: float, spec: str = "+.2f") -> str:
@@ -229,7 +257,7 @@ def ladder_markdown(frame: pd.DataFrame, skipped: Sequence[dict] = ()) -> str:
                       "t-interval over the clear steps, ConvNeXt - ResNet a t-interval over paired seeds (none with "
                       "one seed). Cost: training compute per seed (forward GMACs x epochs over the 17 steps) against "
                       "the default's; CPU-minutes on the machine that ran the rung (empty where runs did not record "
-                      "their threads).", "", successor(frame),
+                      "their threads).", "", decide(frame).sentence(),
                       *(f"\nNot scored yet: {rung_name(r['study'])}: {r['skipped']}." for r in skipped)])
 
 
@@ -244,10 +272,10 @@ def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
     """Transfer against cost, one point per rung: the default a star, partial rungs hollow."""
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.4))
     # Rungs of one cost (the default and its retrain) stand side by side, not on each other.
-    cost = frame["cost_x_default"].round(3)
-    same, siblings = frame.groupby(cost).cumcount(), frame.groupby(cost)["rung"].transform("size")
+    at = frame["cost_x_default"].round(3)
+    same, siblings = frame.groupby(at).cumcount(), frame.groupby(at)["rung"].transform("size")
     x = frame["cost_x_default"] * 1.08 ** same
-    left = (same == 0) & (siblings > 1)  # the first of a pair is labelled on its left
+    left = (same % 2 == 0) & (siblings > 1)  # of rungs at one cost, every other is labelled on its left
     for ax, (key, label, ideal) in zip(axes, PANELS):
         for i, r in frame.iterrows():
             v = r.get(key, math.nan)
@@ -260,13 +288,14 @@ def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
                         color="#d62728" if default else "#1f77b4", mfc="white" if r["partial"] else None, capsize=3)
             seeds = f"{r['seeds']} seed{'s' if r['seeds'] > 1 else ''}{', partial' if r['partial'] else ''}"
             ax.annotate(f"{r['rung']} ({seeds})", (x[i], v), textcoords="offset points",
-                        xytext=(-8 if left[i] else 6, 4), ha="right" if left[i] else "left", fontsize=8)
+                        xytext=(-8 if left[i] else 6, 4 - 11 * (same[i] // 2)), ha="right" if left[i] else "left",
+                        fontsize=8)
         ax.axhline(0, color="#999999", lw=0.8)
         if ideal is not None:
             ax.axhline(ideal, color="#999999", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.margins(x=0.2)
-        ax.set_xticks(sorted(set(frame["cost_x_default"].round(3))))
+        ax.set_xticks(sorted(set(at.dropna())))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}x"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("cost per seed (training compute, x the default study)")
