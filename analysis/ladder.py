@@ -107,7 +107,7 @@ def read_ladder(studies: Sequence[Path]) -> Tuple[List[dict], List[dict]]:
     read, skipped = [r for r in found if "skipped" not in r], [r for r in found if "skipped" in r]
     if not read:
         raise results.ResultsError("no rung has a seed on which every step completed: nothing to draw")
-    if not any(rung_name(r["study"]) == "default" for r in read):
+    if not any(rung_name(r["study"]) == DEFAULT_RUNG for r in read):
         raise results.ResultsError(f"no default study among the scored rungs: name a {DEFAULT.name} directory with a "
                                    f"complete seed (e.g. experiments/{DEFAULT.name}); costs and the decision are "
                                    "measured against it")
@@ -159,18 +159,27 @@ def _interval(name: str, iv) -> dict:
     return {name: iv.mean, f"{name}_lo": iv.lo, f"{name}_hi": iv.hi}
 
 
+DEFAULT_RUNG = "default"
+"""The ladder's name for today's default study."""
+
+
 def rung_name(study: Path) -> str:
-    """'default' for today's default study, else what its name adds to the default's."""
+    """DEFAULT_RUNG for today's default study, else what its name adds to the default's."""
     if study.name == DEFAULT.name:
-        return "default"
+        return DEFAULT_RUNG
     return study.name.removeprefix(DEFAULT.name + "_")
+
+
+def default_row(frame: pd.DataFrame) -> pd.Series:
+    """The default study's row of the ladder table (read_ladder made sure there is one)."""
+    return frame[frame["rung"] == DEFAULT_RUNG].iloc[0]
 
 
 def table(read: List[dict]) -> pd.DataFrame:
     """One row per rung, in the order given: cost relative to the default's, and whether it
     transfers measurably better than the default."""
     frame = pd.DataFrame([rung_row(r) for r in read])
-    default = frame[frame["rung"] == "default"].iloc[0]  # read_ladder made sure it is there
+    default = default_row(frame)
     frame["cost_x_default"] = frame["compute"] / default["compute"]
     frame["better"] = [better_than(r, default) for _, r in frame.iterrows()]
     return frame
@@ -214,20 +223,19 @@ class Decision:
 
 def decide(frame: pd.DataFrame) -> Decision:
     """Sort the rungs other than the default by issue 19's rule (see Decision)."""
-    default = frame[frame["rung"] == "default"].iloc[0]
-    others = frame[frame["rung"] != "default"]
+    default, others = default_row(frame), frame[frame["rung"] != DEFAULT_RUNG]
     floor = others["rung"].str.startswith(NOISE_FLOOR)
     dearer = ~floor & (others["cost_x_default"] > MAX_COST + 1e-9)
-    decided = ~others["partial"].astype(bool) & (others["seeds"] >= default["seeds"])
-    within = ~floor & ~dearer & others["cost_x_default"].notna()
+    candidate = ~floor & ~dearer  # an unknown cost stays a candidate, undecided
+    ready = candidate & others["cost_x_default"].notna() & ~others["partial"].astype(bool) \
+        & (others["seeds"] >= default["seeds"])
     better = others["better"].astype(bool)
 
     def names(mask: pd.Series) -> List[str]:
         return list(others.loc[mask, "rung"])
 
-    return Decision(successors=names(within & decided & better), not_better=names(within & decided & ~better),
-                    undecided=names(~floor & ~dearer & ~(within & decided)), dearer=names(dearer),
-                    noise_floor=names(floor))
+    return Decision(successors=names(ready & better), not_better=names(ready & ~better),
+                    undecided=names(candidate & ~ready), dearer=names(dearer), noise_floor=names(floor))
 
 
 def _cell(v: float, lo: float, hi: float, spec: str = "+.2f") -> str:
@@ -283,7 +291,7 @@ def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
                 continue
             lo, hi = r.get(f"{key}_lo", math.nan), r.get(f"{key}_hi", math.nan)
             err = [[v - lo], [hi - v]] if pd.notna(lo) and pd.notna(hi) else None
-            default = r["rung"] == "default"
+            default = r["rung"] == DEFAULT_RUNG
             ax.errorbar(x[i], v, yerr=err, fmt="*" if default else "o", ms=13 if default else 7,
                         color="#d62728" if default else "#1f77b4", mfc="white" if r["partial"] else None, capsize=3)
             seeds = f"{r['seeds']} seed{'s' if r['seeds'] > 1 else ''}{', partial' if r['partial'] else ''}"
