@@ -9,8 +9,10 @@ fewer is marked partial; its other runs are named, never averaged in): its knobs
 (training compute against the default's, and CPU-minutes per seed on the machine that ran
 it), the sign agreement on the paper's clear steps with its binomial p, Spearman and Kendall
 there with bootstrap intervals over seeds, the slope of our changes on the paper's, and
-ConvNeXt minus ResNet paired per seed. Writes ladder.md, ladder.csv and ladder.png/.pdf to
---out (default experiments/figures/); reads the studies only.
+ConvNeXt minus ResNet paired per seed. A rung on fewer seeds is read against the range one
+seed of the default's own setting shows (the default and its retrain, each seed scored alone).
+Writes ladder.md, ladder.csv, ladder_one_seed.csv and ladder.png/.pdf to --out (default
+experiments/figures/); reads the studies only.
 """
 
 from __future__ import annotations
@@ -238,19 +240,65 @@ def decide(frame: pd.DataFrame) -> Decision:
                     undecided=names(candidate & ~ready), dearer=names(dearer), noise_floor=names(floor))
 
 
+SCORES = {"clear_agree": ("{} clear steps with the paper's sign", ".0f"), "kendall": ("Kendall {}", "+.2f"),
+          "slope": ("slope {}", "+.2f"), "gain": ("ConvNeXt - ResNet {}", "+.2f")}
+"""The scores a one-seed rung is read by: how a sentence writes each, and its format."""
+
+
+def one_seed_range(read: List[dict]) -> pd.DataFrame:
+    """Each seed of the default's own setting (the default and its noise-floor retrains)
+    scored alone: what one seed of the default can show, to read a one-seed rung against.
+    One row per (rung, seed), columns SCORES."""
+    rows = []
+    for r in read:
+        name = rung_name(r["study"])
+        if name != DEFAULT_RUNG and not name.startswith(NOISE_FLOOR):
+            continue
+        for seed, runs in r["runs"].groupby("seed"):
+            t = results.transfer(runs)
+            if t is not None and t.clear is not None:
+                rows.append({"rung": name, "seed": int(seed), "clear_agree": t.clear.agree,
+                             "kendall": t.clear.kendall.mean, "slope": t.slope.mean, "gain": t.gain.mean})
+    return pd.DataFrame(rows, columns=["rung", "seed", *SCORES])
+
+
+def range_sentence(frame: pd.DataFrame, spread: pd.DataFrame) -> str:
+    """The one-seed range of the default's setting, and how each rung on fewer seeds than
+    the default reads against it ('' with fewer than two seeds to make a range of)."""
+    if len(spread) < 2:
+        return ""
+    lo, hi = spread[list(SCORES)].min(), spread[list(SCORES)].max()
+    seeds = ", ".join(f"{n} of {r}" for r, n in spread["rung"].value_counts(sort=False).items())
+    said = ", ".join(w.format(f"{lo[k]:{f}} to {hi[k]:{f}}") for k, (w, f) in SCORES.items())
+    few = frame[(frame["rung"] != DEFAULT_RUNG) & (frame["seeds"] < default_row(frame)["seeds"])]
+    read = [f"{r['rung']}: " + ("; ".join(SCORES[k][0].format(format(r[k], SCORES[k][1])) + f", {side}"
+                                          for k, side in outside(r, lo, hi).items()) or "within it on every score")
+            for _, r in few.iterrows()]
+    return (f"One seed of the default's setting, each seed scored alone ({len(spread)} seeds: {seeds}): {said}."
+            + (f" Rungs on fewer seeds, against that range: {'. '.join(read)}." if read else ""))
+
+
+def outside(r: pd.Series, lo: pd.Series, hi: pd.Series) -> dict:
+    """The SCORES of rung row `r` outside [lo, hi]: score -> 'below' or 'above'."""
+    return {k: "below" if r[k] < lo[k] else "above" for k in SCORES
+            if pd.notna(r.get(k, math.nan)) and not lo[k] <= r[k] <= hi[k]}
+
+
 def _cell(v: float, lo: float, hi: float, spec: str = "+.2f") -> str:
     if not pd.notna(v):
         return ""
     return format(v, spec) + (f" [{lo:{spec}}, {hi:{spec}}]" if pd.notna(lo) and pd.notna(hi) else "")
 
 
-def ladder_markdown(frame: pd.DataFrame, skipped: Sequence[dict] = ()) -> str:
+def ladder_markdown(frame: pd.DataFrame, skipped: Sequence[dict] = (), spread: Optional[pd.DataFrame] = None) -> str:
     """The ladder table: per rung, its cost and how its changes transfer, with the footnote,
-    and the rungs not scored yet, each with what it has so far."""
+    the decision, the one-seed range of the default's setting (one_seed_range) with the
+    one-seed rungs read against it, and the rungs not scored yet, each with what it has so far."""
     gain = frame["paper_gain"].dropna() if "paper_gain" in frame else pd.Series(dtype=float)
     head = ["rung", "knobs", "cost (x default)", "CPU-min per seed", "seeds", "clear steps with the paper's sign (p)",
             "Spearman (clear)", "Kendall (clear)", "slope",
             f"ConvNeXt - ResNet{f' (paper {gain.iloc[0]:+.2f})' if len(gain) else ''}"]
+    one_seed = range_sentence(frame, spread) if spread is not None else ""
     cells = []
     for _, r in frame.iterrows():
         signs = f"{int(r['clear_agree'])} of {int(r['clear_steps'])} (p {r['clear_sign_p']:.2g})" \
@@ -266,6 +314,7 @@ def ladder_markdown(frame: pd.DataFrame, skipped: Sequence[dict] = ()) -> str:
                       "one seed). Cost: training compute per seed (forward GMACs x epochs over the 17 steps) against "
                       "the default's; CPU-minutes on the machine that ran the rung (empty where runs did not record "
                       "their threads).", "", decide(frame).sentence(),
+                      *(["", one_seed] if one_seed else []),
                       *(f"\nNot scored yet: {rung_name(r['study'])}: {r['skipped']}." for r in skipped)])
 
 
@@ -276,8 +325,9 @@ PANELS = (
 )
 
 
-def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
-    """Transfer against cost, one point per rung: the default a star, partial rungs hollow."""
+def ladder_figure(frame: pd.DataFrame, spread: pd.DataFrame, out: Path) -> List[Path]:
+    """Transfer against cost, one point per rung: the default a star, partial rungs hollow,
+    and a grey band where one seed of the default's setting falls (one_seed_range)."""
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.4))
     # Rungs of one cost (the default and its retrain) stand side by side, not on each other.
     at = frame["cost_x_default"].round(3)
@@ -298,6 +348,10 @@ def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
             ax.annotate(f"{r['rung']} ({seeds})", (x[i], v), textcoords="offset points",
                         xytext=(-8 if left[i] else 6, 4 - 11 * (same[i] // 2)), ha="right" if left[i] else "left",
                         fontsize=8)
+        if len(spread) >= 2:
+            ax.axhspan(spread[key].min(), spread[key].max(), color="#bbbbbb", alpha=0.3, lw=0,
+                       label=f"one seed of the default's setting ({len(spread)} seeds)")
+            ax.legend(loc="best", fontsize=7, frameon=False)
         ax.axhline(0, color="#999999", lw=0.8)
         if ideal is not None:
             ax.axhline(ideal, color="#999999", lw=0.8, ls="--")
@@ -306,6 +360,7 @@ def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
         ax.set_xticks(sorted(set(at.dropna())))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}x"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.tick_params(axis="x", labelrotation=45)  # close costs (3.3x, 4x) would print on each other
         ax.set_xlabel("cost per seed (training compute, x the default study)")
         ax.set_title(label, fontsize=10)
     fig.suptitle("Which proxy keeps ImageNet's ranking? (95% intervals; dashed: the paper itself)", fontsize=11)
@@ -313,11 +368,12 @@ def ladder_figure(frame: pd.DataFrame, out: Path) -> List[Path]:
     return save(fig, out, "ladder")
 
 
-def write_ladder(frame: pd.DataFrame, skipped: Sequence[dict], out: Path) -> List[Path]:
+def write_ladder(frame: pd.DataFrame, spread: pd.DataFrame, skipped: Sequence[dict], out: Path) -> List[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ladder.md").write_text(ladder_markdown(frame, skipped) + "\n")
+    (out / "ladder.md").write_text(ladder_markdown(frame, skipped, spread) + "\n")
     frame.to_csv(out / "ladder.csv", index=False)
-    return [out / "ladder.md", out / "ladder.csv", *ladder_figure(frame, out)]
+    spread.to_csv(out / "ladder_one_seed.csv", index=False)
+    return [out / "ladder.md", out / "ladder.csv", out / "ladder_one_seed.csv", *ladder_figure(frame, spread, out)]
 
 
 def main(argv: Sequence[str]) -> None:
@@ -329,12 +385,12 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     try:
         read, skipped = read_ladder(rungs(args.studies))
-        frame = table(read)
-        written = write_ladder(frame, skipped, args.out)
+        frame, spread = table(read), one_seed_range(read)
+        written = write_ladder(frame, spread, skipped, args.out)
     except (results.ResultsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(ladder_markdown(frame, skipped))
+    print(ladder_markdown(frame, skipped, spread))
     print("ladder: " + ", ".join(str(p) for p in written))
 
 

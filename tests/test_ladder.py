@@ -147,3 +147,27 @@ def test_a_rung_with_no_complete_seed_is_skipped_and_nothing_to_draw_exits_2(tmp
     out = ladder(a, "--out", tmp_path / "f")
     assert out.returncode == 2 and "no seed on which all 17 steps of the path completed" in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_one_seed_rung_is_read_against_what_one_seed_of_the_default_setting_shows(tmp_path):
+    from analysis import ladder as L
+
+    def noisy(step, seed):  # the paper's ranking plus a seed-dependent wobble on every step
+        return like_the_paper(step, seed) + 0.4 * ((STEPS.index(step) * (seed + 2)) % 3 - 1)
+
+    default = rung(tmp_path, "fashion_mnist_micro", noisy, seeds=(0, 1))
+    again = rung(tmp_path, "fashion_mnist_micro_retrain", noisy, seeds=(2,))
+    one = rung(tmp_path, "fashion_mnist_micro_64px", lambda s, k: 80.0 - 3 * (s == STEPS[-1]), seeds=(0,))
+    read = L.read_ladder([default, again, one])[0]
+    spread, frame = L.one_seed_range(read), L.table(read)
+    assert list(zip(spread["rung"], spread["seed"])) == [("default", 0), ("default", 1), ("retrain", 2)]
+    alone = L.table(L.read_ladder([rung(tmp_path / "s1", "fashion_mnist_micro", noisy, seeds=(1,))])[0]).iloc[0]
+    assert spread.set_index("seed").loc[1, "kendall"] == pytest.approx(alone["kendall"])  # each seed scored alone
+    lo, hi = spread[list(L.SCORES)].min(), spread[list(L.SCORES)].max()
+    assert lo["clear_agree"] < hi["clear_agree"]  # the seeds disagree: a range, not a point
+    flat = frame.set_index("rung").loc["64px"]
+    assert L.outside(flat, lo, hi)["gain"] == "below" and L.outside(flat, lo, hi)["kendall"] == "below"
+    assert L.outside(frame.set_index("rung").loc["retrain"], lo, hi) == {}
+    out = ladder(default, again, one, "--out", tmp_path / "f")
+    assert out.returncode == 0, out.stderr
+    assert len(pd.read_csv(tmp_path / "f" / "ladder_one_seed.csv")) == 3
