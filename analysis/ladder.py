@@ -200,6 +200,13 @@ MAX_COST = 1.5
 NOISE_FLOOR = "retrain"
 """Rungs named so (fashion_mnist_micro_retrain...) train the default's own setting again: they
 measure how far a retrain moves the score, and are never candidates to replace it."""
+
+
+def is_noise_floor(rung: str) -> bool:
+    """Whether the rung of this name trains the default's own setting again (NOISE_FLOOR)."""
+    return rung.startswith(NOISE_FLOOR)
+
+
 RULE = (f"costs at most {MAX_COST:g}x the default's, is measured on as many seeds, and transfers measurably better "
         "(at least two more clear steps with the paper's sign, or a Kendall interval wholly above the default's)")
 
@@ -226,7 +233,7 @@ class Decision:
 def decide(frame: pd.DataFrame) -> Decision:
     """Sort the rungs other than the default by issue 19's rule (see Decision)."""
     default, others = default_row(frame), frame[frame["rung"] != DEFAULT_RUNG]
-    floor = others["rung"].str.startswith(NOISE_FLOOR)
+    floor = others["rung"].map(is_noise_floor)
     dearer = ~floor & (others["cost_x_default"] > MAX_COST + 1e-9)
     candidate = ~floor & ~dearer  # an unknown cost stays a candidate, undecided
     ready = candidate & others["cost_x_default"].notna() & ~others["partial"].astype(bool) \
@@ -252,7 +259,7 @@ def one_seed_range(read: List[dict]) -> pd.DataFrame:
     rows = []
     for r in read:
         name = rung_name(r["study"])
-        if name != DEFAULT_RUNG and not name.startswith(NOISE_FLOOR):
+        if name != DEFAULT_RUNG and not is_noise_floor(name):
             continue
         for seed, runs in r["runs"].groupby("seed"):
             t = results.transfer(runs)
