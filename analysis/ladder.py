@@ -233,7 +233,7 @@ class Decision:
 def decide(frame: pd.DataFrame) -> Decision:
     """Sort the rungs other than the default by issue 19's rule (see Decision)."""
     default, others = default_row(frame), frame[frame["rung"] != DEFAULT_RUNG]
-    floor = others["rung"].map(is_noise_floor)
+    floor = others["rung"].map(is_noise_floor).astype(bool)  # bool even with no other rung
     dearer = ~floor & (others["cost_x_default"] > MAX_COST + 1e-9)
     candidate = ~floor & ~dearer  # an unknown cost stays a candidate, undecided
     ready = candidate & others["cost_x_default"].notna() & ~others["partial"].astype(bool) \
