@@ -262,10 +262,9 @@ def one_seed_range(read: List[dict]) -> pd.DataFrame:
         if name != DEFAULT_RUNG and not is_noise_floor(name):
             continue
         for seed, runs in r["runs"].groupby("seed"):
-            t = results.transfer(runs)
-            if t is not None and t.clear is not None:
-                rows.append({"rung": name, "seed": int(seed), "clear_agree": t.clear.agree,
-                             "kendall": t.clear.kendall.mean, "slope": t.slope.mean, "gain": t.gain.mean})
+            row = rung_row({"study": r["study"], "runs": runs, "partial": False})  # the table's row of this seed alone
+            if "clear_agree" in row:
+                rows.append({"rung": name, "seed": int(seed), **{k: row[k] for k in SCORES}})
     return pd.DataFrame(rows, columns=["rung", "seed", *SCORES])
 
 
@@ -276,13 +275,18 @@ def range_sentence(frame: pd.DataFrame, spread: pd.DataFrame) -> str:
         return ""
     lo, hi = spread[list(SCORES)].min(), spread[list(SCORES)].max()
     seeds = ", ".join(f"{n} of {r}" for r, n in spread["rung"].value_counts(sort=False).items())
-    said = ", ".join(w.format(f"{lo[k]:{f}} to {hi[k]:{f}}") for k, (w, f) in SCORES.items())
+    said = ", ".join(_score(k, lo[k], hi[k]) for k in SCORES)
     few = frame[(frame["rung"] != DEFAULT_RUNG) & (frame["seeds"] < default_row(frame)["seeds"])]
-    read = [f"{r['rung']}: " + ("; ".join(SCORES[k][0].format(format(r[k], SCORES[k][1])) + f", {side}"
-                                          for k, side in outside(r, lo, hi).items()) or "within it on every score")
-            for _, r in few.iterrows()]
+    read = [f"{r['rung']}: " + ("; ".join(_score(k, r[k]) + f", {side}" for k, side in outside(r, lo, hi).items())
+                                or "within it on every score") for _, r in few.iterrows()]
     return (f"One seed of the default's setting, each seed scored alone ({len(spread)} seeds: {seeds}): {said}."
             + (f" Rungs on fewer seeds, against that range: {'. '.join(read)}." if read else ""))
+
+
+def _score(key: str, v: float, to: Optional[float] = None) -> str:
+    """A score as the sentences write it: 'Kendall +0.08', or a range 'Kendall +0.08 to +0.26'."""
+    words, spec = SCORES[key]
+    return words.format(format(v, spec) + ("" if to is None else f" to {to:{spec}}"))
 
 
 def outside(r: pd.Series, lo: pd.Series, hi: pd.Series) -> dict:
